@@ -1,0 +1,3 @@
+//! `capstan-agent`: the node agent binary.
+
+fn main() {}

@@ -1,0 +1,4 @@
+//! One module per subcommand group; each owns its clap arguments and its `run`.
+pub mod ova;
+pub mod ovf;
+pub mod vmdk;

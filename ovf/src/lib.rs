@@ -1,0 +1,6 @@
+//! OVF descriptors and environments, `.mf` manifests, OVA archives and streamOptimized VMDK.
+//!
+//! This crate is the format layer of Capstan: it parses, writes and validates what vCenter and
+//! vSphere guests exchange, with no policy and no CLI. Everything that touches disk images
+//! streams through `Read`/`Write`, so a 20 GiB disk never sits in memory.
+#![forbid(unsafe_code)]
