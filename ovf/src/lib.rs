@@ -4,3 +4,9 @@
 //! vSphere guests exchange, with no policy and no CLI. Everything that touches disk images
 //! streams through `Read`/`Write`, so a 20 GiB disk never sits in memory.
 #![forbid(unsafe_code)]
+
+pub mod descriptor;
+pub mod env;
+pub mod manifest;
+pub mod ova;
+pub mod vmdk;

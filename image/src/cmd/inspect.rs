@@ -1,0 +1,1 @@
+//! `capstan ova inspect FILE.ova|FILE.ovf [--json]`.

@@ -1,0 +1,1 @@
+//! The OVF 1.x descriptor (`.ovf`): model, parser, writer, validation and builder.

@@ -1,0 +1,1 @@
+//! The OVF environment (`ovf-env.xml`) that vSphere hands a guest.

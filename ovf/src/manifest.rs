@@ -1,0 +1,1 @@
+//! `.mf` manifests: `SHA256(name)= hex` lines.

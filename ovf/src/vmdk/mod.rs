@@ -1,0 +1,1 @@
+//! streamOptimized VMDK: a streaming writer from raw and a reader back to raw.
