@@ -1,0 +1,328 @@
+//! Live network configuration over netlink: find each NIC by MAC (or name), rename it, set its
+//! MTU, bring it up, and converge its static addresses and routes.
+//!
+//! This is what makes an instant clone take its new identity without a reboot: the networkd
+//! files written by the `network` step only take effect when networkd (re)configures a link,
+//! and a `.link` rename only when udev sees the device appear. DHCP stays networkd's job.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkMessage};
+use rtnetlink::Handle;
+
+use super::network::{NetworkConfig, Nic};
+use super::{Ctx, Outcome, StepError};
+use crate::types::{IpCidr, MacAddr};
+
+/// A netlink operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct NetlinkError {
+    /// What we were doing, naming the NIC.
+    pub what: String,
+    /// The cause.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |e| NetlinkError { what, source: Box::new(e) }
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Current name.
+    pub name: String,
+    /// Hardware address, for Ethernet-like links.
+    pub mac: Option<MacAddr>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+fn link_of(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+        up: m.header.flags.contains(&LinkFlag::Up),
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                l.mac = Some(MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]))
+            }
+            LinkAttribute::Mtu(m) => l.mtu = Some(*m),
+            _ => {}
+        }
+    }
+    l
+}
+
+async fn links(h: &Handle) -> Result<Vec<Link>, NetlinkError> {
+    let h = h.clone();
+    let msgs: Vec<LinkMessage> =
+        h.link().get().execute().try_collect().await.map_err(nl("list links"))?;
+    Ok(msgs.iter().map(link_of).collect())
+}
+
+async fn addresses(h: &Handle, index: u32) -> Result<Vec<(IpCidr, AddressMessage)>, NetlinkError> {
+    let msgs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list addresses"))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.index != index {
+            continue;
+        }
+        // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS otherwise
+        let addr = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = addr.or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        if let Some(a) = addr {
+            if let Ok(c) = IpCidr::new(a, m.header.prefix_len) {
+                out.push((c, m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// One line per NIC.
+    pub lines: Vec<String>,
+    /// NICs of the config that no link matched.
+    pub missing: Vec<String>,
+}
+
+fn find<'a>(links: &'a [Link], nic: &Nic) -> Option<&'a Link> {
+    match (&nic.mac, &nic.match_name) {
+        (Some(mac), _) => links.iter().find(|l| l.mac == Some(*mac)),
+        (None, Some(name)) => links.iter().find(|l| l.name == name.as_str()),
+        (None, None) => None,
+    }
+}
+
+async fn apply_nic(h: &Handle, nic: &Nic, all: &[Link]) -> Result<Option<String>, NetlinkError> {
+    let Some(link) = find(all, nic) else { return Ok(None) };
+    let idx = link.index;
+    let id = &nic.id;
+    let mut did = Vec::new();
+    if let Some(want) = &nic.set_name {
+        if link.name != want.as_str() {
+            if all.iter().any(|l| l.name == want.as_str() && l.index != idx) {
+                return Err(NetlinkError {
+                    what: format!("{id}: rename {} to {want}", link.name),
+                    source: format!("another link is already called {want}").into(),
+                });
+            }
+            // the kernel renames only links that are down
+            h.link()
+                .set(idx)
+                .down()
+                .execute()
+                .await
+                .map_err(nl(format!("{id}: set {} down", link.name)))?;
+            h.link()
+                .set(idx)
+                .name(want.to_string())
+                .execute()
+                .await
+                .map_err(nl(format!("{id}: rename {} to {want}", link.name)))?;
+            did.push(format!("renamed {} to {want}", link.name));
+        }
+    }
+    if let Some(mtu) = nic.mtu {
+        if link.mtu != Some(mtu) {
+            h.link()
+                .set(idx)
+                .mtu(mtu)
+                .execute()
+                .await
+                .map_err(nl(format!("{id}: set MTU {mtu}")))?;
+            did.push(format!("mtu {mtu}"));
+        }
+    }
+    h.link().set(idx).up().execute().await.map_err(nl(format!("{id}: set up")))?;
+    // addresses: add what is missing; drop what the config does not list, for the families
+    // that are static (DHCP and link-local addresses stay)
+    let have = addresses(h, idx).await?;
+    let want: BTreeSet<IpCidr> = nic.addresses.iter().copied().collect();
+    for a in &nic.addresses {
+        if !have.iter().any(|(c, _)| c == a) {
+            h.address()
+                .add(idx, a.addr(), a.prefix())
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("{id}: add address {a}")))?;
+            did.push(format!("+{a}"));
+        }
+    }
+    for (c, msg) in have {
+        let dynamic = if c.is_ipv4() { nic.dhcp4 } else { nic.dhcp6 };
+        let link_local = match c.addr() {
+            IpAddr::V4(a) => a.is_link_local(),
+            IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if !want.contains(&c) && !dynamic && !link_local {
+            h.address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(nl(format!("{id}: remove address {c}")))?;
+            did.push(format!("-{c}"));
+        }
+    }
+    // routes: replace is idempotent
+    let mut routes: Vec<(IpCidr, Option<IpAddr>, Option<u32>)> = Vec::new();
+    if let Some(g) = nic.gateway4 {
+        routes.push((
+            IpCidr::new(IpAddr::V4(0.into()), 0)
+                .map_err(|e| NetlinkError { what: id.clone(), source: e.into() })?,
+            Some(g.into()),
+            None,
+        ));
+    }
+    if let Some(g) = nic.gateway6 {
+        routes.push((
+            IpCidr::new(IpAddr::V6(0u128.into()), 0)
+                .map_err(|e| NetlinkError { what: id.clone(), source: e.into() })?,
+            Some(g.into()),
+            None,
+        ));
+    }
+    routes.extend(nic.routes.iter().map(|r| (r.to, r.via, r.metric)));
+    for (to, via, metric) in routes {
+        let net = to.network();
+        let what =
+            format!("{id}: route {net}{}", via.map(|v| format!(" via {v}")).unwrap_or_default());
+        let req = h.route().add().output_interface(idx);
+        let req = match metric {
+            Some(m) => req.priority(m),
+            None => req,
+        };
+        match (net.addr(), via) {
+            (IpAddr::V4(d), via) => {
+                let mut r = req.v4().replace().destination_prefix(d, net.prefix());
+                if let Some(IpAddr::V4(g)) = via {
+                    r = r.gateway(g);
+                }
+                r.execute().await.map_err(nl(what))?;
+            }
+            (IpAddr::V6(d), via) => {
+                let mut r = req.v6().replace().destination_prefix(d, net.prefix());
+                if let Some(IpAddr::V6(g)) = via {
+                    r = r.gateway(g);
+                }
+                r.execute().await.map_err(nl(what))?;
+            }
+        }
+        did.push(format!("route {net}"));
+    }
+    Ok(Some(format!(
+        "{id} ({}): {}",
+        nic.final_name().map(|n| n.to_string()).unwrap_or_else(|| link.name.clone()),
+        if did.is_empty() { "unchanged".into() } else { did.join(", ") }
+    )))
+}
+
+/// Applies a validated config to the links of the current network namespace.
+///
+/// Runs its own single-threaded runtime, so it can be called from a thread that joined
+/// another namespace with `setns` (how the tests drive it).
+pub fn apply(cfg: &NetworkConfig) -> Result<ApplyReport, NetlinkError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NetlinkError { what: "start netlink runtime".into(), source: Box::new(e) })?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+            what: "open netlink socket".into(),
+            source: Box::new(e),
+        })?;
+        let task = tokio::spawn(conn);
+        let mut report = ApplyReport::default();
+        let result = async {
+            for nic in &cfg.nics {
+                // re-read links: an earlier rename changes names
+                let all = links(&handle).await?;
+                match apply_nic(&handle, nic, &all).await? {
+                    Some(line) => report.lines.push(line),
+                    None => report.missing.push(nic.id.clone()),
+                }
+            }
+            Ok::<(), NetlinkError>(())
+        }
+        .await;
+        task.abort();
+        result.map(|()| report)
+    })
+}
+
+/// Lists the links of the current network namespace.
+pub fn list_links() -> Result<Vec<Link>, NetlinkError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NetlinkError { what: "start netlink runtime".into(), source: Box::new(e) })?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+            what: "open netlink socket".into(),
+            source: Box::new(e),
+        })?;
+        let task = tokio::spawn(conn);
+        let r = links(&handle).await;
+        task.abort();
+        r
+    })
+}
+
+pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
+    let cfg = &ctx.plan.network;
+    if cfg.nics.is_empty() {
+        return Ok(Outcome::Skipped("no network configuration".into()));
+    }
+    if !ctx.live() {
+        return Ok(Outcome::Skipped("netlink and networkd reload not done under --root".into()));
+    }
+    cfg.validate("network").map_err(|e| StepError::wrap("invalid network configuration", e))?;
+    let report = apply(cfg).map_err(|e| StepError::wrap("apply network over netlink", e))?;
+    let mut detail = report.lines.join("; ");
+    if !report.missing.is_empty() {
+        detail.push_str(&format!(
+            "; no link for {} yet (networkd configures it when it appears)",
+            report.missing.join(", ")
+        ));
+    }
+    // networkd may not run yet (first boot is ordered before it); a reload then is moot
+    match std::process::Command::new("networkctl").arg("reload").output() {
+        Ok(o) if o.status.success() => detail.push_str("; networkctl reload"),
+        Ok(_) | Err(_) => detail.push_str("; networkd not running, not reloaded"),
+    }
+    Ok(Outcome::Ok(detail))
+}
