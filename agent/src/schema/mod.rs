@@ -1,0 +1,440 @@
+//! The node configuration schema (version 1): one table of every setting a node can be told.
+//!
+//! Everything else is generated from [`settings`]: parsing and validation of flat key/value
+//! sources into the typed [`Config`], the OVF ProductSection properties of a profile
+//! ([`ovf_properties`]), `capstan-agent config schema --json|--ovf|--markdown`, and
+//! `docs/config-reference.md`.
+//!
+//! Naming is fixed: the setting at path `a.b` is the vApp property / `ovf-env.xml` key
+//! `capstan.a.b` and the guestinfo key `guestinfo.capstan.a.b`. Per-NIC settings use a NIC slot
+//! (`nic0` … `nic7`) in place of `{nic}`: `net.nic0.address`.
+
+mod config;
+mod markdown;
+mod ovf;
+mod toml_file;
+
+use std::fmt;
+
+pub use config::{
+    check_value, parse_duration, split_ssh_keys, Commands, Config, ConfigError, Dns, Flat,
+    FlatValue, Heartbeat, Kube, NetworkSource, Nic, Origin, Role, User,
+};
+pub use markdown::markdown;
+pub use ovf::{
+    ovf_properties, ovf_properties_for, product_section_xml, profile_names, ProductProperty,
+};
+pub use toml_file::{flatten_toml, read_toml_file, TomlError};
+
+/// The schema version this agent reads and writes.
+pub const VERSION: u32 = 1;
+
+/// The prefix of every setting in the OVF environment and in guestinfo (`capstan.` + path).
+pub const KEY_PREFIX: &str = "capstan.";
+
+/// NIC slots a profile may have, in order; `{nic}` in a path is one of these.
+pub const NIC_SLOTS: &[&str] = &["nic0", "nic1", "nic2", "nic3", "nic4", "nic5", "nic6", "nic7"];
+
+/// The value type of a setting: how it parses and how it appears in OVF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Free text of bounded length.
+    Text {
+        /// Shortest accepted (0 = may be empty).
+        min_len: u32,
+        /// Longest accepted.
+        max_len: u32,
+    },
+    /// An unsigned integer in a range.
+    Int {
+        /// Smallest accepted.
+        min: u64,
+        /// Largest accepted.
+        max: u64,
+    },
+    /// `true`/`false` (also `yes`/`no`, `1`/`0`, any case).
+    Bool,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// An RFC 1123 host name (may be fully qualified).
+    Hostname,
+    /// A fully qualified domain name.
+    Fqdn,
+    /// cloud-init's instance-id.
+    InstanceId,
+    /// A MAC address.
+    Mac,
+    /// A Linux interface name.
+    IfName,
+    /// Comma-separated `address/prefix` (IPv4 or IPv6).
+    CidrList,
+    /// One IP address.
+    Ip,
+    /// Comma-separated IP addresses.
+    IpList,
+    /// Comma-separated DNS names.
+    DomainList,
+    /// Comma-separated host names or IP addresses.
+    HostList,
+    /// An `https://` or `http://` URL.
+    Url,
+    /// OpenSSH authorized keys: one per line, or comma-separated.
+    SshKeys,
+    /// A crypt(3) password hash (`$6$…`, `$y$…`).
+    PasswordHash,
+    /// A duration: seconds, or a number with `s`/`m`/`h`.
+    Duration,
+    /// Validated by the role that reads it (the `lb.*` keys, see `lb::settings`).
+    RoleText,
+}
+
+impl Kind {
+    /// A short description of accepted values for docs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Text { min_len, max_len } => format!("text, {min_len}-{max_len} characters"),
+            Kind::Int { min, max } => format!("integer {min}-{max}"),
+            Kind::Bool => "boolean".into(),
+            Kind::Choice(c) => format!("one of {}", c.join(", ")),
+            Kind::Hostname => "host name (RFC 1123)".into(),
+            Kind::Fqdn => "fully qualified domain name".into(),
+            Kind::InstanceId => "instance id (printable ASCII, no '/')".into(),
+            Kind::Mac => "MAC address".into(),
+            Kind::IfName => "interface name (1-15 bytes)".into(),
+            Kind::CidrList => "comma-separated address/prefix".into(),
+            Kind::Ip => "IP address".into(),
+            Kind::IpList => "comma-separated IP addresses".into(),
+            Kind::DomainList => "comma-separated domain names".into(),
+            Kind::HostList => "comma-separated host names or IP addresses".into(),
+            Kind::Url => "http(s) URL".into(),
+            Kind::SshKeys => "SSH public keys, one per line or comma-separated".into(),
+            Kind::PasswordHash => "crypt(3) hash".into(),
+            Kind::Duration => "duration (10, 10s, 5m, 1h)".into(),
+            Kind::RoleText => "text, validated by the role".into(),
+        }
+    }
+
+    /// The name used in `config schema --json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Text { .. } => "string",
+            Kind::Int { .. } => "integer",
+            Kind::Bool => "boolean",
+            Kind::Choice(_) => "choice",
+            Kind::Hostname => "hostname",
+            Kind::Fqdn => "fqdn",
+            Kind::InstanceId => "instance-id",
+            Kind::Mac => "mac",
+            Kind::IfName => "interface-name",
+            Kind::CidrList => "cidr-list",
+            Kind::Ip => "ip",
+            Kind::IpList => "ip-list",
+            Kind::DomainList => "domain-list",
+            Kind::HostList => "host-list",
+            Kind::Url => "url",
+            Kind::SshKeys => "ssh-keys",
+            Kind::PasswordHash => "password-hash",
+            Kind::Duration => "duration",
+            Kind::RoleText => "string",
+        }
+    }
+}
+
+/// The appliance profiles a setting can belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    /// Every profile.
+    All,
+    /// Only these profiles.
+    Profiles(&'static [&'static str]),
+}
+
+impl Applies {
+    /// Whether the setting is part of `profile`.
+    pub fn includes(&self, profile: &str) -> bool {
+        match self {
+            Applies::All => true,
+            Applies::Profiles(p) => p.contains(&profile),
+        }
+    }
+}
+
+/// One setting of the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The path, with `{nic}` for per-NIC settings (`net.{nic}.address`).
+    pub path: &'static str,
+    /// The value type.
+    pub kind: Kind,
+    /// A short label (the vApp wizard shows it).
+    pub label: &'static str,
+    /// What the setting does.
+    pub description: &'static str,
+    /// The default, as the string a source would carry.
+    pub default: Option<&'static str>,
+    /// Profile-specific defaults that replace [`Setting::default`] (`("lb", "lb")`).
+    pub profile_defaults: &'static [(&'static str, &'static str)],
+    /// The vApp wizard category.
+    pub category: &'static str,
+    /// Whether the deploy wizard lets the operator set it (`ovf:userConfigurable`).
+    pub user_configurable: bool,
+    /// A secret: OVF `ovf:password="true"`, mode 0600 files, never logged, scrubbed from
+    /// guestinfo after use.
+    pub secret: bool,
+    /// Which profiles carry it as a vApp property (every profile *accepts* every key).
+    pub applies: Applies,
+}
+
+impl Setting {
+    /// Whether this is a per-NIC setting.
+    pub fn is_per_nic(&self) -> bool {
+        self.path.contains("{nic}")
+    }
+
+    /// The concrete path for a NIC slot (unchanged for other settings).
+    pub fn path_for(&self, nic: &str) -> String {
+        self.path.replace("{nic}", nic)
+    }
+
+    /// The default for a profile.
+    pub fn default_for(&self, profile: &str) -> Option<&'static str> {
+        self.profile_defaults.iter().find(|(p, _)| *p == profile).map(|(_, v)| *v).or(self.default)
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path)
+    }
+}
+
+/// A profile: the template it goes into and its NIC slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// `node` or `lb`.
+    pub name: &'static str,
+    /// NIC slots the template has (one vApp property set per slot).
+    pub nics: &'static [&'static str],
+}
+
+/// The profiles the builder knows.
+pub const PROFILES: &[Profile] =
+    &[Profile { name: "node", nics: &["nic0"] }, Profile { name: "lb", nics: &["nic0"] }];
+
+/// Looks a profile up by name.
+pub fn profile(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
+const IDENTITY: &str = "Identity";
+const NETWORK: &str = "Network";
+const ACCESS: &str = "Access";
+const SERVICES: &str = "Services";
+const ROLE: &str = "Role";
+const LB: &str = "Load balancer";
+const KUBE: &str = "Kubernetes";
+const HEARTBEAT: &str = "Heartbeat";
+
+macro_rules! setting {
+    ($path:expr, $kind:expr, $cat:expr, $label:expr, $desc:expr $(, $field:ident = $val:expr)* $(,)?) => {
+        Setting {
+            path: $path,
+            kind: $kind,
+            label: $label,
+            description: $desc,
+            category: $cat,
+            $($field: $val,)*
+            ..BASE
+        }
+    };
+}
+
+const BASE: Setting = Setting {
+    path: "",
+    kind: Kind::Bool,
+    label: "",
+    description: "",
+    default: None,
+    profile_defaults: &[],
+    category: "",
+    user_configurable: true,
+    secret: false,
+    applies: Applies::All,
+};
+
+/// Roles a node can take.
+pub const ROLES: &[&str] = &["none", "lb", "control-plane", "worker"];
+
+/// The settings every profile has, without the role-owned `lb.*` keys.
+const CORE: &[Setting] = &[
+    setting!("hostname", Kind::Hostname, IDENTITY, "Host name",
+        "Host name of the node; a fully qualified name also sets the domain."),
+    setting!("fqdn", Kind::Fqdn, IDENTITY, "Fully qualified name",
+        "Fully qualified domain name for /etc/hosts; overrides the domain part of hostname."),
+    setting!("instance-id", Kind::InstanceId, IDENTITY, "Instance id",
+        "Identity of this VM instance; a new value re-runs per-instance steps. Defaults to the metadata's instance-id, then the SMBIOS UUID.",
+        user_configurable = false),
+    setting!("net.{nic}.mac", Kind::Mac, NETWORK, "MAC address",
+        "Match the interface by this MAC address (from the OVF environment's adapters when unset)."),
+    setting!("net.{nic}.name", Kind::IfName, NETWORK, "Interface name",
+        "Rename the matched interface to this name (like netplan set-name)."),
+    setting!("net.{nic}.dhcp4", Kind::Bool, NETWORK, "DHCPv4",
+        "Get an IPv4 address by DHCP.", default = Some("true")),
+    setting!("net.{nic}.dhcp6", Kind::Bool, NETWORK, "DHCPv6",
+        "Get an IPv6 address by DHCPv6/SLAAC.", default = Some("false")),
+    setting!("net.{nic}.address", Kind::CidrList, NETWORK, "Static addresses",
+        "Static addresses as address/prefix, comma-separated (10.0.0.10/24,fd00::10/64)."),
+    setting!("net.{nic}.gateway", Kind::IpList, NETWORK, "Gateways",
+        "Default gateways (one IPv4 and/or one IPv6), comma-separated."),
+    setting!("net.{nic}.mtu", Kind::Int { min: 576, max: 9216 }, NETWORK, "MTU",
+        "Interface MTU in bytes."),
+    setting!("dns.servers", Kind::IpList, NETWORK, "DNS servers",
+        "Name servers, comma-separated."),
+    setting!("dns.search", Kind::DomainList, NETWORK, "DNS search domains",
+        "Search domains, comma-separated."),
+    setting!("ntp.servers", Kind::HostList, SERVICES, "NTP servers",
+        "Time servers for systemd-timesyncd, comma-separated."),
+    setting!("user.name", Kind::Text { min_len: 1, max_len: 32 }, ACCESS, "User name",
+        "Login user created on first boot (member of sudo). Lower-case letters, digits, '-' and '_'."),
+    setting!("user.password-hash", Kind::PasswordHash, ACCESS, "Password hash",
+        "crypt(3) hash of the user's password (mkpasswd -m sha-512); unset leaves the password locked.",
+        secret = true),
+    setting!("ssh.authorized-keys", Kind::SshKeys, ACCESS, "SSH public keys",
+        "Public keys allowed to log in as the user (or root when user.name is unset)."),
+    setting!("commands.runcmd", Kind::Text { min_len: 0, max_len: 16384 }, SERVICES, "First-boot command",
+        "Shell command run once per instance with sh -c, after the other steps.",
+        user_configurable = false),
+    setting!("user-data", Kind::Text { min_len: 0, max_len: 65536 }, SERVICES, "User data",
+        "A #cloud-config document, plain or base64 (files, users, commands), used when guestinfo.userdata is absent.",
+        user_configurable = false),
+    setting!("role", Kind::Choice(ROLES), ROLE, "Role",
+        "What this node runs: none, lb (HAProxy + keepalived), control-plane or worker.",
+        default = Some("none"), profile_defaults = &[("lb", "lb")]),
+    setting!("kube.endpoint", Kind::Text { min_len: 0, max_len: 255 }, KUBE, "API endpoint",
+        "host:port of the control-plane endpoint to join.",
+        applies = Applies::Profiles(&["node"])),
+    setting!("kube.token", Kind::Text { min_len: 0, max_len: 64 }, KUBE, "Bootstrap token",
+        "kubeadm bootstrap token (abcdef.0123456789abcdef).",
+        secret = true, applies = Applies::Profiles(&["node"])),
+    setting!("kube.ca-cert-hash", Kind::Text { min_len: 0, max_len: 80 }, KUBE, "CA certificate hash",
+        "sha256:<hex> pin of the cluster CA.", applies = Applies::Profiles(&["node"])),
+    setting!("heartbeat.url", Kind::Url, HEARTBEAT, "Hub URL",
+        "HTTPS URL of the capstan-hub heartbeat endpoint; unset disables heartbeats."),
+    setting!("heartbeat.interval", Kind::Duration, HEARTBEAT, "Heartbeat interval",
+        "Time between heartbeats.", default = Some("10s")),
+    setting!("heartbeat.ca", Kind::Text { min_len: 0, max_len: 16384 }, HEARTBEAT, "Hub CA",
+        "PEM CA certificate that signs the hub's certificate (system roots when unset).",
+        user_configurable = false),
+];
+
+/// Label and type of each `lb.*` key. The keys, defaults, secrecy and help come from
+/// `lb::settings::KEYS` (the role owns them); this adds what the OVF wizard needs.
+fn lb_kind(key: &str) -> (Kind, &'static str) {
+    match key {
+        "lb.vip" => (Kind::RoleText, "Virtual IP (CIDR)"),
+        "lb.interface" => (Kind::IfName, "VIP interface"),
+        "lb.port" => (Kind::Int { min: 1, max: 65535 }, "Frontend port"),
+        "lb.backends" => (Kind::RoleText, "Backends"),
+        "lb.health" => (Kind::RoleText, "Health check"),
+        "lb.health-interval" => (Kind::RoleText, "Health check interval"),
+        "lb.health-rise" => (Kind::Int { min: 1, max: 100 }, "Health checks to rise"),
+        "lb.health-fall" => (Kind::Int { min: 1, max: 100 }, "Health checks to fall"),
+        "lb.vrrp.router-id" => (Kind::Int { min: 1, max: 255 }, "VRRP router id"),
+        "lb.vrrp.priority" => (Kind::Int { min: 1, max: 254 }, "VRRP priority"),
+        "lb.vrrp.peers" => (Kind::RoleText, "VRRP unicast peers"),
+        "lb.vrrp.secret" => (Kind::Text { min_len: 0, max_len: 8 }, "VRRP secret"),
+        "lb.api.listen" => (Kind::RoleText, "API listen address"),
+        "lb.api.token" => (Kind::RoleText, "API bearer token"),
+        "lb.api.client-ca" => (Kind::RoleText, "API client CA file"),
+        "lb.api.cert" => (Kind::RoleText, "API certificate file"),
+        "lb.api.key" => (Kind::RoleText, "API key file"),
+        "lb.metrics.listen" => (Kind::RoleText, "Metrics listen address"),
+        _ => (Kind::RoleText, "Load balancer setting"),
+    }
+}
+
+fn build() -> Vec<Setting> {
+    let mut all: Vec<Setting> = CORE.to_vec();
+    for spec in crate::lb::settings::KEYS {
+        let (kind, label) = lb_kind(spec.key);
+        all.push(Setting {
+            path: spec.key,
+            kind,
+            label,
+            description: spec.help,
+            default: spec.default.filter(|d| !d.is_empty()),
+            category: LB,
+            secret: spec.secret,
+            applies: Applies::Profiles(&["lb"]),
+            // Paths to files inside the appliance are for the override file, not the wizard.
+            user_configurable: !matches!(
+                spec.key,
+                "lb.api.client-ca" | "lb.api.cert" | "lb.api.key"
+            ),
+            ..BASE
+        });
+    }
+    all
+}
+
+/// Every setting of schema version 1, in display order.
+pub fn settings() -> &'static [Setting] {
+    static ALL: std::sync::OnceLock<Vec<Setting>> = std::sync::OnceLock::new();
+    ALL.get_or_init(build)
+}
+
+/// Finds the setting for a concrete path (`net.nic1.mac` → `net.{nic}.mac`), or `None` for
+/// an unknown key. A NIC segment must be one of [`NIC_SLOTS`].
+pub fn lookup(path: &str) -> Option<&'static Setting> {
+    if let Some(rest) = path.strip_prefix("net.") {
+        let (nic, leaf) = rest.split_once('.')?;
+        if !NIC_SLOTS.contains(&nic) {
+            return None;
+        }
+        let templ = format!("net.{{nic}}.{leaf}");
+        return settings().iter().find(|s| s.path == templ);
+    }
+    settings().iter().find(|s| !s.is_per_nic() && s.path == path)
+}
+
+/// Every concrete path a transport without key listing (the VMware backdoor) must probe:
+/// each global setting and each per-NIC setting for every NIC slot.
+pub fn all_concrete_paths() -> Vec<String> {
+    let mut out = Vec::new();
+    for s in settings() {
+        if s.is_per_nic() {
+            for nic in NIC_SLOTS {
+                out.push(s.path_for(nic));
+            }
+        } else {
+            out.push(s.path.to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_handles_nics_and_unknown_keys() {
+        assert_eq!(lookup("net.nic1.mac").unwrap().path, "net.{nic}.mac");
+        assert!(lookup("net.nic9.mac").is_none());
+        assert!(lookup("net.nic0.bogus").is_none());
+        assert_eq!(lookup("hostname").unwrap().kind, Kind::Hostname);
+        assert!(lookup("lb.vrrp.secret").unwrap().secret);
+        assert!(lookup("nope").is_none());
+    }
+
+    #[test]
+    fn paths_are_unique_and_documented() {
+        let mut seen = std::collections::BTreeSet::new();
+        for s in settings() {
+            assert!(seen.insert(s.path), "{} listed twice", s.path);
+            assert!(!s.label.is_empty() && !s.description.is_empty(), "{}", s.path);
+        }
+        assert!(settings().iter().any(|s| s.path == "lb.vip"));
+    }
+}
