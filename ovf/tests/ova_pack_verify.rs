@@ -1,0 +1,354 @@
+//! OVA writing and verification through the public API: what vCenter checks (descriptor
+//! first, manifest second, exact manifest lines, ovf:size equal to the member) and a clear,
+//! member-naming error for each way an archive can be wrong.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ovf::manifest::{Algorithm, Manifest};
+use ovf::ova::{self, OvaError, OvaFile, OvaOptions};
+use ovf::vmdk::{self, WriteOptions};
+
+const OVF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:id="file1" ovf:href="node-disk1.vmdk" ovf:size="1"/>
+    <File ovf:id="file2" ovf:href="notes.txt"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="node">
+    <Info>A virtual machine</Info>
+    <Name>node</Name>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemType>vmx-15</vssd:VirtualSystemType>
+      </System>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ovf: PathBuf,
+    disk: PathBuf,
+    notes: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ovf = dir.path().join("node.ovf");
+    std::fs::write(&ovf, OVF).unwrap();
+    let raw: Vec<u8> = (0..(8u32 << 20))
+        .map(|i| if i % 3_000_000 < 200_000 { (i % 199) as u8 } else { 0 })
+        .collect();
+    let disk = dir.path().join("node-disk1.vmdk");
+    let f = std::fs::File::create(&disk).unwrap();
+    vmdk::write_stream_optimized(
+        &raw[..],
+        raw.len() as u64,
+        f,
+        &WriteOptions { extent_name: "node-disk1.vmdk".into(), ..WriteOptions::default() },
+        &mut |_| {},
+    )
+    .unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "release notes\n").unwrap();
+    Fixture { dir, ovf, disk, notes }
+}
+
+fn pack_to(fx: &Fixture, files: &[PathBuf], name: &str) -> PathBuf {
+    let out = fx.dir.path().join(name);
+    let f = std::fs::File::create(&out).unwrap();
+    ova::pack(
+        &fx.ovf,
+        files,
+        f,
+        &OvaOptions { mtime: 1_700_000_000, manifest: true },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    out
+}
+
+fn tar_list(path: &Path) -> Vec<String> {
+    let out = Command::new("tar").args(["-tf", path.to_str().unwrap()]).output().expect("GNU tar");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn pack_orders_members_fills_sizes_and_verifies() {
+    let fx = fixture();
+    // The disk is given explicitly, notes.txt is found next to the descriptor.
+    let ova_path = pack_to(&fx, &[fx.disk.clone()], "node.ova");
+    assert_eq!(tar_list(&ova_path), ["node.ovf", "node.mf", "node-disk1.vmdk", "notes.txt"]);
+
+    let report = ova::verify_path(&ova_path).unwrap();
+    assert_eq!(report.descriptor, "node.ovf");
+    assert_eq!(report.manifest.as_deref(), Some("node.mf"));
+    let names: Vec<_> = report.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["node-disk1.vmdk", "notes.txt"]);
+    assert!(report.members.iter().all(|m| m.checked_with == Some(Algorithm::Sha256)));
+
+    // ovf:size is the real size (the stale "1" was replaced, the missing one added).
+    let disk_size = std::fs::metadata(&fx.disk).unwrap().len();
+    assert!(report.descriptor_xml.contains(&format!("ovf:size=\"{disk_size}\"")));
+    assert!(report.descriptor_xml.contains("ovf:size=\"14\""));
+
+    // The manifest is exactly `SHA256(name)= hex` lines, checked independently with sha256sum.
+    let x = fx.dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let st = Command::new("tar")
+        .args(["-xf", ova_path.to_str().unwrap(), "-C", x.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mf = std::fs::read_to_string(x.join("node.mf")).unwrap();
+    let lines: Vec<&str> = mf.lines().collect();
+    assert_eq!(lines.len(), 3);
+    for (line, name) in lines.iter().zip(["node.ovf", "node-disk1.vmdk", "notes.txt"]) {
+        let sum = Command::new("sha256sum").arg(x.join(name)).output().unwrap();
+        let hex = String::from_utf8(sum.stdout).unwrap().split(' ').next().unwrap().to_string();
+        assert_eq!(*line, format!("SHA256({name})= {hex}"));
+    }
+    assert!(mf.ends_with('\n') && !mf.contains('\r'));
+    // The extracted disk is still a good VMDK.
+    let st = Command::new("qemu-img")
+        .args(["check", x.join("node-disk1.vmdk").to_str().unwrap()])
+        .status()
+        .expect("qemu-img is required");
+    assert!(st.success());
+}
+
+#[test]
+fn packing_is_deterministic() {
+    let fx = fixture();
+    let a = std::fs::read(pack_to(&fx, &[], "a.ova")).unwrap();
+    let b = std::fs::read(pack_to(&fx, &[], "b.ova")).unwrap();
+    assert!(a == b, "two packs of the same inputs differ");
+    // ustar header of the first member: mode 0644, uid/gid 0, our mtime.
+    assert_eq!(&a[100..107], b"0000644");
+    assert_eq!(&a[108..115], b"0000000");
+    assert_eq!(&a[136..147], format!("{:011o}", 1_700_000_000).as_bytes());
+    assert_eq!(&a[257..263], b"ustar\0");
+}
+
+#[test]
+fn pack_errors_name_the_file() {
+    let fx = fixture();
+    std::fs::remove_file(&fx.notes).unwrap();
+    let out = fx.dir.path().join("x.ova");
+    let e = ova::pack(
+        &fx.ovf,
+        &[],
+        std::fs::File::create(&out).unwrap(),
+        &OvaOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, OvaError::FileNotFound { ref name, .. } if name == "notes.txt"), "{e}");
+    let stray = fx.dir.path().join("stray.iso");
+    std::fs::write(&stray, "x").unwrap();
+    std::fs::write(&fx.notes, "n").unwrap();
+    let e = ova::pack(
+        &fx.ovf,
+        &[stray],
+        std::fs::File::create(&out).unwrap(),
+        &OvaOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("stray.iso: not referenced"), "{e}");
+}
+
+/// Writes an archive by hand-picking members, for the negative cases.
+fn custom_ova(
+    dir: &Path,
+    name: &str,
+    ovf: &str,
+    mf: Option<&str>,
+    files: &[(&str, &[u8])],
+) -> PathBuf {
+    let mut written = Vec::new();
+    for (n, data) in files {
+        let p = dir.join(format!("src-{n}"));
+        std::fs::write(&p, data).unwrap();
+        written.push(OvaFile::new(*n, p));
+    }
+    let path = dir.join(name);
+    let mut out = std::fs::File::create(&path).unwrap();
+    if let Some(mf) = mf {
+        // Our own manifest off, a hand-written one as the second member.
+        let mf_path = dir.join("node.mf");
+        std::fs::write(&mf_path, mf).unwrap();
+        let mut all = vec![OvaFile::new("node.mf", mf_path)];
+        all.extend(written);
+        ova::write_ova(
+            &mut out,
+            "node.ovf",
+            ovf,
+            &all,
+            &OvaOptions { manifest: false, mtime: 0 },
+            &mut |_, _| {},
+        )
+        .unwrap();
+    } else {
+        ova::write_ova(&mut out, "node.ovf", ovf, &written, &OvaOptions::default(), &mut |_, _| {})
+            .unwrap();
+    }
+    out.flush().unwrap();
+    path
+}
+
+fn simple_ovf(size: Option<u64>) -> String {
+    let size = size.map(|s| format!(" ovf:size=\"{s}\"")).unwrap_or_default();
+    format!(
+        r#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:id="f" ovf:href="disk.vmdk"{size}/></References><VirtualSystem ovf:id="v"><Info>x</Info></VirtualSystem></Envelope>"#
+    )
+}
+
+fn verify_err(path: &Path) -> (OvaError, String) {
+    let e = ova::verify_path(path).unwrap_err();
+    let s = e.to_string();
+    (e, s)
+}
+
+#[test]
+fn verify_rejects_tampered_missing_resized_extra_and_misplaced_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let ovf = simple_ovf(Some(4));
+    let ok = custom_ova(dir.path(), "ok.ova", &ovf, None, &[("disk.vmdk", b"DATA")]);
+    ova::verify_path(&ok).unwrap();
+
+    // Tampered: flip one byte of disk.vmdk's data inside the archive.
+    let mut bytes = std::fs::read(&ok).unwrap();
+    let pos = bytes.windows(4).rposition(|w| w == b"DATA").unwrap();
+    bytes[pos] = b'X';
+    let tampered = dir.path().join("tampered.ova");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let (e, s) = verify_err(&tampered);
+    assert!(matches!(e, OvaError::DigestMismatch { ref name, .. } if name == "disk.vmdk"), "{s}");
+    assert!(s.contains("disk.vmdk") && s.contains("SHA256"), "{s}");
+
+    // Missing: the descriptor references disk.vmdk but the archive lacks it.
+    let missing = custom_ova(dir.path(), "missing.ova", &ovf, None, &[]);
+    let (e, s) = verify_err(&missing);
+    assert!(matches!(e, OvaError::Missing { ref name, .. } if name == "disk.vmdk"), "{s}");
+
+    // Wrong ovf:size.
+    let resized = custom_ova(
+        dir.path(),
+        "resized.ova",
+        &simple_ovf(Some(5)),
+        None,
+        &[("disk.vmdk", b"DATA")],
+    );
+    let (e, s) = verify_err(&resized);
+    assert!(matches!(e, OvaError::SizeMismatch { declared: 5, actual: 4, .. }), "{s}");
+    assert!(s.contains("disk.vmdk") && s.contains("ovf:size"), "{s}");
+
+    // A member nobody references.
+    let extra = custom_ova(
+        dir.path(),
+        "extra.ova",
+        &ovf,
+        None,
+        &[("disk.vmdk", b"DATA"), ("evil.sh", b"x")],
+    );
+    let (_, s) = verify_err(&extra);
+    assert!(s.contains("evil.sh") && s.contains("not referenced"), "{s}");
+
+    // The manifest lists a file the archive lacks / lacks a file the archive has.
+    let sha = |d: &[u8]| hex::encode(ovf::manifest::digest(Algorithm::Sha256, d).unwrap());
+    let mf = format!(
+        "SHA256(node.ovf)= {}\nSHA256(disk.vmdk)= {}\nSHA256(gone.iso)= {}\n",
+        sha(ovf.as_bytes()),
+        sha(b"DATA"),
+        sha(b"")
+    );
+    let p = custom_ova(dir.path(), "mfextra.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let (_, s) = verify_err(&p);
+    assert!(s.contains("gone.iso") && s.contains("manifest"), "{s}");
+    let mf = format!("SHA256(node.ovf)= {}\n", sha(ovf.as_bytes()));
+    let p = custom_ova(dir.path(), "mfshort.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let (_, s) = verify_err(&p);
+    assert!(s.contains("disk.vmdk") && s.contains("not listed in the manifest"), "{s}");
+    // A tampered descriptor is caught by its manifest line.
+    let mf = format!("SHA256(node.ovf)= {}\nSHA256(disk.vmdk)= {}\n", sha(b"other"), sha(b"DATA"));
+    let p = custom_ova(dir.path(), "ovfbad.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let (_, s) = verify_err(&p);
+    assert!(s.contains("node.ovf") && s.contains("does not match"), "{s}");
+    // A malformed manifest line is reported with its line number.
+    let mf = format!("SHA256(node.ovf)={}\n", sha(ovf.as_bytes()));
+    let p = custom_ova(dir.path(), "mfsyntax.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let e = ova::verify_path(&p).unwrap_err();
+    let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(chain.contains("node.mf") && chain.contains("line 1"), "{chain}");
+}
+
+#[test]
+fn verify_rejects_bad_structure() {
+    let dir = tempfile::tempdir().unwrap();
+    // The descriptor is not first.
+    let p = dir.path().join("order.tar");
+    std::fs::write(dir.path().join("b.vmdk"), "x").unwrap();
+    std::fs::write(dir.path().join("a.ovf"), simple_ovf(None)).unwrap();
+    let st = Command::new("tar")
+        .current_dir(dir.path())
+        .args(["-cf", "order.tar", "b.vmdk", "a.ovf"])
+        .status()
+        .expect("GNU tar");
+    assert!(st.success());
+    let (e, s) = verify_err(&p);
+    assert!(matches!(e, OvaError::FirstNotOvf { name: Some(ref n) } if n == "b.vmdk"), "{s}");
+
+    // Empty and truncated archives.
+    let empty = dir.path().join("empty.ova");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(verify_err(&empty).1.contains("found nothing"));
+    let ok =
+        custom_ova(dir.path(), "ok.ova", &simple_ovf(None), None, &[("disk.vmdk", &[7u8; 3000])]);
+    let bytes = std::fs::read(&ok).unwrap();
+    let cut = dir.path().join("cut.ova");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1024 - 1500]).unwrap();
+    let (_, s) = verify_err(&cut);
+    assert!(s.contains("truncated"), "{s}");
+
+    // A descriptor that is not XML names the member.
+    let bad = custom_ova(dir.path(), "badxml.ova", "<Envelope", None, &[]);
+    let (_, s) = verify_err(&bad);
+    assert!(s.contains("node.ovf") && s.contains("descriptor"), "{s}");
+}
+
+#[test]
+fn manifest_written_by_write_ova_parses_back() {
+    let fx = fixture();
+    let mut buf = Vec::new();
+    let files = [OvaFile::new("node-disk1.vmdk", &fx.disk), OvaFile::new("notes.txt", &fx.notes)];
+    let s =
+        ova::write_ova(&mut buf, "node.ovf", OVF, &files, &OvaOptions::default(), &mut |_, _| {})
+            .unwrap();
+    assert_eq!(s.written, buf.len() as u64);
+    assert_eq!(buf.len() % 512, 0);
+    let m = Manifest::parse(&s.manifest).unwrap();
+    assert_eq!(m.entries.len(), 3);
+    // Precomputed digests are used as given (and a wrong one is then caught by verify).
+    let files = [
+        OvaFile { sha256: Some(vec![0u8; 32]), ..OvaFile::new("node-disk1.vmdk", &fx.disk) },
+        OvaFile::new("notes.txt", &fx.notes),
+    ];
+    let mut buf = Vec::new();
+    ova::write_ova(&mut buf, "node.ovf", OVF, &files, &OvaOptions::default(), &mut |_, _| {})
+        .unwrap();
+    // OVF here has a stale ovf:size="1": verification reports that first.
+    let e = ova::verify(&buf[..]).unwrap_err();
+    assert!(matches!(e, OvaError::SizeMismatch { declared: 1, .. }), "{e}");
+}
