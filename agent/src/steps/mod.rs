@@ -85,6 +85,55 @@ pub struct Plan {
     pub runcmd: Vec<Command>,
 }
 
+impl Plan {
+    /// The plan cloud-init's documents describe: identity and network from the metadata,
+    /// everything else from the cloud-config (`users` absent means the default user, as in
+    /// cloud-init; metadata `public-keys` and top-level `ssh_authorized_keys` go to the default
+    /// user). The caller then lays its own higher-precedence settings over it. Returns remarks
+    /// worth a warning.
+    pub fn from_cloud_init(
+        md: Option<&crate::cloudinit::Metadata>,
+        cc: Option<&crate::cloudinit::CloudConfig>,
+        default_user: &User,
+    ) -> (Plan, Vec<String>) {
+        let mut plan = Plan {
+            machine_id: true,
+            ssh_host_key_types: identity::default_host_key_types(),
+            ..Plan::default()
+        };
+        let mut notes = Vec::new();
+        if let Some(md) = md {
+            plan.instance_id = md.instance_id.clone();
+            plan.hostname = md.local_hostname.clone();
+            if let Some(n) = &md.network {
+                plan.network = n.clone();
+            }
+        }
+        if let Some(cc) = cc {
+            if cc.hostname.is_some() {
+                plan.hostname = cc.hostname.clone();
+            }
+            plan.fqdn = cc.fqdn.clone();
+            if let Some(m) = cc.manage_etc_hosts {
+                plan.manage_etc_hosts = m;
+            }
+            let mut du = default_user.clone();
+            if let Some(md) = md {
+                du.ssh_authorized_keys.extend(md.public_keys.iter().cloned());
+            }
+            let (users, note) = cc.resolved_users(&du);
+            plan.users = users;
+            notes.extend(note);
+            plan.groups = cc.groups.clone();
+            plan.ntp = cc.ntp.clone();
+            plan.files = cc.write_files.clone();
+            plan.bootcmd = cc.bootcmd.clone();
+            plan.runcmd = cc.runcmd.clone();
+        }
+        (plan, notes)
+    }
+}
+
 fn yes() -> bool {
     true
 }
