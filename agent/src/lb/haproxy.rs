@@ -1,0 +1,163 @@
+//! `haproxy.cfg`, rendered from typed structs.
+//!
+//! The backend has one fixed block of server *slots* (`s1` … `sN`, N = [`SLOTS`]). A slot holds
+//! one backend or is empty (`disabled`); the backend API changes slots at run time through the
+//! runtime socket (`set server … addr … port …`, `set server … state ready|drain|maint`), so a
+//! backend change never reloads HAProxy.
+//!
+//! Why explicit `server sK` lines and not `server-template`: a template gives every slot the same
+//! placeholder address, so after a (re)start or a reload HAProxy would serve with zero backends
+//! until the agent had replayed the set over the socket. Rendering the desired set into the slots
+//! keeps the file on disk equal to the running state (the agent rewrites it, without a reload,
+//! after each change), so a restart by systemd, a crash or a hitless reload starts with the right
+//! backends. The slot lines are exactly what `server-template s 1-N` would create.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::settings::{Backend, HealthCheck, HealthKind, MAX_BACKENDS};
+
+/// Number of server slots in the backend.
+pub const SLOTS: usize = MAX_BACKENDS;
+
+/// Name of the HAProxy backend (the runtime API addresses servers as `control_plane/sK`).
+pub const BACKEND_NAME: &str = "control_plane";
+
+/// What one slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// No backend: the server is in maintenance.
+    Empty,
+    /// A backend in rotation, or draining (weight 0: no new connections, existing ones stay).
+    Backend {
+        /// The backend.
+        backend: Backend,
+        /// Draining.
+        drain: bool,
+    },
+}
+
+/// The whole HAProxy configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyConfig {
+    /// Runtime API socket (admin level, also passes listeners for hitless reloads).
+    pub admin_socket: PathBuf,
+    /// The control-plane frontend (VIP:port). Bound `transparent` so the standby can bind it
+    /// before it holds the VIP.
+    pub frontend: SocketAddr,
+    /// Health (`/healthz`) and Prometheus (`/metrics`) listener.
+    pub metrics: SocketAddr,
+    /// Backend health check.
+    pub health: HealthCheck,
+    /// The slots, exactly [`SLOTS`] of them.
+    pub slots: Vec<Slot>,
+}
+
+/// The server name of slot index `i` (0-based).
+pub fn slot_name(i: usize) -> String {
+    format!("s{}", i + 1)
+}
+
+fn addr(a: &SocketAddr) -> String {
+    // HAProxy takes IPv6 addresses without brackets, with the port after the last colon.
+    match a {
+        SocketAddr::V4(v) => v.to_string(),
+        SocketAddr::V6(v) => format!("{}:{}", v.ip(), v.port()),
+    }
+}
+
+impl HaproxyConfig {
+    /// Renders the file.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let h = &self.health;
+        let inter = h.interval.as_millis();
+        // `writeln!` into a String cannot fail.
+        let _ =
+            writeln!(o, "# Rendered by capstan-agent (lb role). Backend slots change at run time");
+        let _ = writeln!(o, "# through the runtime API; the agent rewrites this file to match.");
+        o.push_str("global\n");
+        o.push_str("    master-worker\n");
+        o.push_str("    log stderr format raw daemon notice\n");
+        let _ = writeln!(
+            o,
+            "    stats socket {} mode 600 level admin expose-fd listeners",
+            self.admin_socket.display()
+        );
+        o.push_str("    stats timeout 30s\n");
+        o.push_str("    maxconn 8000\n");
+        o.push('\n');
+        o.push_str("defaults\n");
+        o.push_str("    mode tcp\n");
+        o.push_str("    log global\n");
+        o.push_str("    option dontlognull\n");
+        o.push_str("    timeout connect 3s\n");
+        // Long client/server timeouts: kubectl watches and exec sessions hold connections open.
+        o.push_str("    timeout client 1h\n");
+        o.push_str("    timeout server 1h\n");
+        o.push_str("    timeout tunnel 1h\n");
+        let _ = writeln!(o, "    timeout check {}ms", inter.min(2000));
+        // A connection refused by a backend that just left is retried on another one.
+        o.push_str("    retries 3\n");
+        o.push_str("    option redispatch 1\n");
+        o.push('\n');
+        o.push_str("frontend control_plane\n");
+        let _ = writeln!(o, "    bind {} transparent", addr(&self.frontend));
+        o.push_str("    option tcplog\n");
+        let _ = writeln!(o, "    default_backend {BACKEND_NAME}");
+        o.push('\n');
+        let _ = writeln!(o, "backend {BACKEND_NAME}");
+        o.push_str("    balance roundrobin\n");
+        let check = match &h.kind {
+            HealthKind::Https { path } => {
+                let _ = writeln!(o, "    option httpchk GET {path}");
+                o.push_str("    http-check expect status 200\n");
+                "check check-ssl verify none"
+            }
+            HealthKind::Http { path } => {
+                let _ = writeln!(o, "    option httpchk GET {path}");
+                o.push_str("    http-check expect status 200\n");
+                "check"
+            }
+            HealthKind::Tcp => "check",
+        };
+        let _ = writeln!(
+            o,
+            "    default-server {check} inter {inter}ms rise {} fall {} weight 1",
+            h.rise, h.fall
+        );
+        for (i, slot) in self.slots.iter().enumerate() {
+            let name = slot_name(i);
+            match slot {
+                Slot::Empty => {
+                    let _ =
+                        writeln!(o, "    server {name} 0.0.0.0:{} disabled", self.frontend.port());
+                }
+                Slot::Backend { backend, drain: false } => {
+                    let _ = writeln!(o, "    server {name} {}", addr(&backend.addr()));
+                }
+                Slot::Backend { backend, drain: true } => {
+                    let _ = writeln!(o, "    server {name} {} weight 0", addr(&backend.addr()));
+                }
+            }
+        }
+        o.push('\n');
+        o.push_str("frontend health\n");
+        o.push_str("    mode http\n");
+        let _ = writeln!(o, "    bind {}", addr(&self.metrics));
+        o.push_str("    timeout client 10s\n");
+        o.push_str("    monitor-uri /healthz\n");
+        o.push_str("    http-request use-service prometheus-exporter if { path /metrics }\n");
+        o.push_str("    http-request deny\n");
+        o
+    }
+
+    /// The file with every slot empty: two configs with the same structure differ only in
+    /// their slots, which the runtime API changes without a reload.
+    pub fn structure(&self) -> String {
+        let mut c = self.clone();
+        c.slots = vec![Slot::Empty; c.slots.len()];
+        c.render()
+    }
+}
