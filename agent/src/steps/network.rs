@@ -357,8 +357,14 @@ pub fn render(cfg: &NetworkConfig) -> Vec<NetworkFile> {
             );
             let _ = writeln!(s, "MACAddress={mac}");
             s.push_str("\n[Link]\n");
-            if let Some(name) = &nic.set_name {
-                let _ = writeln!(s, "Name={name}");
+            match &nic.set_name {
+                Some(name) => {
+                    let _ = writeln!(s, "Name={name}");
+                }
+                // only the first matching .link applies: keep the naming of 99-default.link
+                None => s.push_str(
+                    "NamePolicy=keep kernel database onboard slot path\nAlternativeNamesPolicy=database onboard slot path\nMACAddressPolicy=persistent\n",
+                ),
             }
             if nic.wakeonlan {
                 s.push_str("WakeOnLan=magic\n");
