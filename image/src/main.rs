@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build;
+mod check;
 mod cmd;
+mod lab;
 
 /// Build sealed appliance templates (OVA, qcow2, raw) and work with OVF, OVA and VMDK files.
 #[derive(Debug, Parser)]
@@ -21,6 +24,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build an appliance template (OVA, qcow2, raw) from a buildroot profile.
+    Build(cmd::build::BuildArgs),
+    /// Work with built images.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
+    /// Boot images in QEMU the way vSphere delivers their configuration.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
     /// Check OVF descriptors for what vCenter and ovftool reject.
     #[command(subcommand)]
     Ovf(cmd::ovf::OvfCommand),
@@ -35,6 +46,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => cmd::build::run(a),
+        Command::Image(c) => cmd::image::run(c),
+        Command::Lab(c) => cmd::lab::run(c),
         Command::Ovf(c) => cmd::ovf::run(c),
         Command::Ova(c) => cmd::ova::run(c),
         Command::Vmdk(c) => cmd::vmdk::run(c),

@@ -1,0 +1,192 @@
+//! The stage cache: every stage's output lives under a directory named by a digest of
+//! everything that went into it (the previous stage's key included), with a completion
+//! marker written last, so an interrupted stage is never mistaken for a finished one.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sha2::{Digest as _, Sha256};
+
+/// Where cached stages live: `$CAPSTAN_CACHE`, else `$XDG_CACHE_HOME/capstan`, else
+/// `~/.cache/capstan`.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CAPSTAN_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("capstan");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/capstan")
+}
+
+/// A running digest of a stage's inputs. Every input is labelled so that moving a value
+/// from one field to another changes the key.
+#[derive(Debug, Clone, Default)]
+pub struct Key {
+    hasher: Sha256,
+}
+
+impl Key {
+    /// Starts a key for `stage`.
+    pub fn new(stage: &str) -> Self {
+        let mut k = Self::default();
+        k.str("stage", stage);
+        k
+    }
+
+    /// Adds a labelled string.
+    pub fn str(&mut self, label: &str, value: &str) -> &mut Self {
+        for part in [label.as_bytes(), value.as_bytes()] {
+            self.hasher.update((part.len() as u64).to_le_bytes());
+            self.hasher.update(part);
+        }
+        self
+    }
+
+    /// Adds a labelled serializable value (as JSON).
+    pub fn json(&mut self, label: &str, value: &impl serde::Serialize) -> &mut Self {
+        let text = serde_json::to_string(value).expect("serializable");
+        self.str(label, &text)
+    }
+
+    /// Adds a file's content.
+    pub fn file(&mut self, label: &str, path: &Path) -> anyhow::Result<&mut Self> {
+        let digest = file_sha256(path)?;
+        Ok(self.str(label, &digest))
+    }
+
+    /// Adds a directory tree: sorted relative paths, modes, symlink targets and contents.
+    pub fn dir(&mut self, label: &str, root: &Path) -> anyhow::Result<&mut Self> {
+        self.str("dir", label);
+        let mut entries = Vec::new();
+        walk(root, root, &mut entries)?;
+        entries.sort();
+        for rel in entries {
+            let path = root.join(&rel);
+            let meta = fs::symlink_metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            self.str("path", &rel);
+            self.str("mode", &format!("{:o}", meta.permissions().mode()));
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path)?;
+                self.str("link", &target.to_string_lossy());
+            } else if meta.is_file() {
+                self.file("content", &path)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// The hex digest.
+    pub fn finish(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        let ft = entry.file_type()?;
+        out.push(rel);
+        if ft.is_dir() {
+            walk(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// One stage's cache entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The directory holding the stage's output.
+    pub dir: PathBuf,
+    /// The full key.
+    pub key: String,
+}
+
+const MARKER: &str = ".complete";
+
+impl Entry {
+    /// The entry for `stage` with `key` under `cache`.
+    pub fn new(cache: &Path, stage: &str, key: String) -> Self {
+        Self { dir: cache.join(format!("{stage}-{}", &key[..24])), key }
+    }
+
+    /// Whether a finished output exists.
+    pub fn is_complete(&self) -> bool {
+        self.dir.join(MARKER).is_file()
+    }
+
+    /// Clears any partial output and creates the directory.
+    pub fn begin(&self) -> anyhow::Result<()> {
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("clearing {}", self.dir.display()))?;
+        }
+        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))
+    }
+
+    /// Marks the output finished.
+    pub fn commit(&self) -> anyhow::Result<()> {
+        fs::write(self.dir.join(MARKER), &self.key)
+            .with_context(|| format!("writing marker in {}", self.dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_change_the_key() {
+        let a = Key::new("s").str("a", "xy").finish();
+        let b = Key::new("s").str("ax", "y").finish();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn dir_key_sees_content_and_mode() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("d")).unwrap();
+        fs::write(t.path().join("d/f"), "1").unwrap();
+        let k1 = Key::new("s").dir("o", t.path()).unwrap().finish();
+        fs::write(t.path().join("d/f"), "2").unwrap();
+        let k2 = Key::new("s").dir("o", t.path()).unwrap().finish();
+        assert_ne!(k1, k2);
+        fs::set_permissions(t.path().join("d/f"), fs::Permissions::from_mode(0o755)).unwrap();
+        let k3 = Key::new("s").dir("o", t.path()).unwrap().finish();
+        assert_ne!(k2, k3);
+    }
+
+    #[test]
+    fn entry_needs_commit() {
+        let t = tempfile::tempdir().unwrap();
+        let e = Entry::new(t.path(), "rootfs", "ab".repeat(32));
+        assert!(!e.is_complete());
+        e.begin().unwrap();
+        assert!(!e.is_complete());
+        e.commit().unwrap();
+        assert!(e.is_complete());
+    }
+}

@@ -1,0 +1,385 @@
+//! Stage 2, customize: unpack the rootfs, prune kernel modules, take the kernel and
+//! initramfs out for the ESP, copy overlays, install the agent and its units, write the
+//! baked agent defaults, and set unit states with `systemctl --root` (no chroot, no boot).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use super::exec;
+use super::profile::LoadedProfile;
+
+/// Inputs besides the profile.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The `capstan-agent` binary to install.
+    pub agent_bin: PathBuf,
+    /// Directory with the agent's systemd units (`agent/units`), if present.
+    pub agent_units: Option<PathBuf>,
+    /// Kubernetes binaries (`--kube-bin`) installed to /usr/bin.
+    pub kube_bin: Option<PathBuf>,
+}
+
+/// What the stage produced.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Customized {
+    /// The root tree.
+    pub root: PathBuf,
+    /// Kernel image taken out of /boot.
+    pub vmlinuz: PathBuf,
+    /// Initramfs taken out of /boot.
+    pub initrd: PathBuf,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// Modules kept / total.
+    pub modules_kept: usize,
+    /// Modules in the kernel package.
+    pub modules_total: usize,
+    /// Things worth a human's look (e.g. a unit the profile names does not exist).
+    pub warnings: Vec<String>,
+}
+
+/// Runs the stage: `rootfs_tar` is unpacked into `out_dir/root`.
+pub fn run(
+    p: &LoadedProfile,
+    inputs: &Inputs,
+    rootfs_tar: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<Customized> {
+    let root = out_dir.join("root");
+    fs::create_dir_all(&root)?;
+    exec::run(
+        Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(rootfs_tar)
+            .arg("-C")
+            .arg(&root),
+    )?;
+    let mut warnings = Vec::new();
+    let kernel_version = kernel_version(&root)?;
+    let (modules_kept, modules_total) =
+        prune_modules(&root, &kernel_version, &p.profile.kernel.modules)?;
+
+    // The kernel and initramfs live on the ESP only: no second copy in the root.
+    let boot = out_dir.join("boot");
+    fs::create_dir_all(&boot)?;
+    let vmlinuz = boot.join("vmlinuz");
+    let initrd = boot.join("initrd.img");
+    fs::rename(root.join(format!("boot/vmlinuz-{kernel_version}")), &vmlinuz)
+        .context("moving the kernel out of /boot")?;
+    fs::rename(root.join(format!("boot/initrd.img-{kernel_version}")), &initrd)
+        .context("moving the initramfs out of /boot (was it generated?)")?;
+    for name in [
+        "vmlinuz",
+        "vmlinuz.old",
+        "initrd.img",
+        "initrd.img.old",
+        "boot/vmlinuz",
+        "boot/initrd.img",
+    ] {
+        let path = root.join(name);
+        if path.symlink_metadata().is_ok() {
+            fs::remove_file(&path)?;
+        }
+    }
+    let sysmap = root.join(format!("boot/System.map-{kernel_version}"));
+    if sysmap.exists() {
+        fs::remove_file(sysmap)?;
+    }
+
+    for dir in p.overlay_dirs() {
+        copy_tree(&dir, &root).with_context(|| format!("copying overlay {}", dir.display()))?;
+    }
+
+    install_agent(&root, inputs, &mut warnings)?;
+    if let Some(dir) = &inputs.kube_bin {
+        for name in ["kubeadm", "kubelet", "kubectl"] {
+            let src = dir.join(name);
+            if !src.is_file() {
+                bail!("--kube-bin {}: {name} is missing", dir.display());
+            }
+            install_file(&src, &root.join("usr/bin").join(name), 0o755)?;
+        }
+    }
+
+    let agent_toml = toml::to_string(&p.profile.agent).context("rendering [agent] as TOML")?;
+    let etc_capstan = root.join("etc/capstan");
+    fs::create_dir_all(&etc_capstan)?;
+    fs::write(
+        etc_capstan.join("agent.toml"),
+        format!(
+            "# Baked defaults for this template (profile {}). Written by capstan build.\n{agent_toml}",
+            p.profile.name
+        ),
+    )?;
+
+    if !p.profile.kernel.load.is_empty() {
+        let dir = root.join("etc/modules-load.d");
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("capstan.conf"), format!("{}\n", p.profile.kernel.load.join("\n")))?;
+    }
+    fs::write(
+        root.join("etc/fstab"),
+        "# Written by capstan build.\nLABEL=capstan-root / ext4 defaults,noatime,errors=remount-ro 0 1\n",
+    )?;
+    set_units(&root, &p.profile.systemd, &mut warnings)?;
+    Ok(Customized { root, vmlinuz, initrd, kernel_version, modules_kept, modules_total, warnings })
+}
+
+fn kernel_version(root: &Path) -> anyhow::Result<String> {
+    let mut versions: Vec<String> = fs::read_dir(root.join("usr/lib/modules"))
+        .context("no /usr/lib/modules in the rootfs (no kernel package?)")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    match versions.as_slice() {
+        [v] => Ok(v.clone()),
+        _ => bail!("expected one kernel in the rootfs, found {versions:?}"),
+    }
+}
+
+/// Module name as modprobe sees it: file stem with `-` folded to `_`.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// The closure of `keep` over `modules.dep` (lines `path: dep dep ...`).
+/// Returns the relative paths to keep; unknown names are an error so a typo is caught.
+pub fn module_closure(modules_dep: &str, keep: &[String]) -> anyhow::Result<BTreeSet<String>> {
+    let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    for line in modules_dep.lines() {
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let d = rest.split_whitespace().map(str::to_string).collect();
+        deps.insert(module_name(path), (path.to_string(), d));
+    }
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<String> = Vec::new();
+    let mut unknown = Vec::new();
+    for name in keep {
+        let n = name.replace('-', "_");
+        match deps.get(&n) {
+            Some((path, _)) => stack.push(path.clone()),
+            None => unknown.push(name.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        bail!("kernel.modules names modules this kernel does not have as modules (built in, or misspelled): {unknown:?}");
+    }
+    while let Some(path) = stack.pop() {
+        if out.insert(path.clone()) {
+            if let Some((_, d)) = deps.get(&module_name(&path)) {
+                stack.extend(d.iter().cloned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn prune_modules(root: &Path, version: &str, keep: &[String]) -> anyhow::Result<(usize, usize)> {
+    let mod_dir = root.join("usr/lib/modules").join(version);
+    let dep = fs::read_to_string(mod_dir.join("modules.dep")).context("reading modules.dep")?;
+    let total = dep.lines().filter(|l| l.contains(':')).count();
+    if keep.iter().any(|k| k == "*") {
+        return Ok((total, total));
+    }
+    // Built-in modules need no file; drop them from the list quietly.
+    let builtin = fs::read_to_string(mod_dir.join("modules.builtin")).unwrap_or_default();
+    let builtin: BTreeSet<String> = builtin.lines().map(module_name).collect();
+    let keep: Vec<String> =
+        keep.iter().filter(|k| !builtin.contains(&k.replace('-', "_"))).cloned().collect();
+    let kept = module_closure(&dep, &keep)?;
+    for line in dep.lines() {
+        let Some((path, _)) = line.split_once(':') else {
+            continue;
+        };
+        if !kept.contains(path) {
+            fs::remove_file(mod_dir.join(path)).with_context(|| format!("removing {path}"))?;
+        }
+    }
+    remove_empty_dirs(&mod_dir.join("kernel"))?;
+    // The image's own depmod (same kmod as will read the indexes at boot); chroot needs no
+    // mounts for it.
+    exec::run(Command::new("chroot").arg(root).args(["depmod", "-a", version]))?;
+    Ok((kept.len(), total))
+}
+
+fn remove_empty_dirs(dir: &Path) -> anyhow::Result<bool> {
+    let mut empty = true;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            if remove_empty_dirs(&entry.path())? {
+                fs::remove_dir(entry.path())?;
+            } else {
+                empty = false;
+            }
+        } else {
+            empty = false;
+        }
+    }
+    Ok(empty)
+}
+
+/// Copies a tree over `dst`: directories merged, files and symlinks replaced, modes kept,
+/// owner root.
+pub fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(src)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        // `.keep` files only exist so that git keeps empty overlay directories.
+        if entry.file_name() == ".keep" {
+            continue;
+        }
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            if !to.is_dir() {
+                fs::create_dir_all(&to)?;
+                fs::set_permissions(&to, fs::metadata(&from)?.permissions())?;
+            }
+            copy_tree(&from, &to)?;
+        } else if ft.is_symlink() {
+            if to.symlink_metadata().is_ok() {
+                fs::remove_file(&to)?;
+            }
+            symlink(fs::read_link(&from)?, &to)?;
+        } else {
+            let mode = fs::metadata(&from)?.permissions().mode() & 0o7777;
+            install_file(&from, &to, mode)?;
+        }
+    }
+    Ok(())
+}
+
+fn install_file(src: &Path, dst: &Path, mode: u32) -> anyhow::Result<()> {
+    if dst.symlink_metadata().is_ok() {
+        fs::remove_file(dst).with_context(|| format!("replacing {}", dst.display()))?;
+    }
+    fs::create_dir_all(dst.parent().expect("has parent"))?;
+    fs::copy(src, dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn install_agent(root: &Path, inputs: &Inputs, warnings: &mut Vec<String>) -> anyhow::Result<()> {
+    let dst = root.join("usr/bin/capstan-agent");
+    // Stripped: debug info would be most of the binary and of no use in the appliance.
+    exec::run(
+        Command::new("strip").arg("--strip-unneeded").arg("-o").arg(&dst).arg(&inputs.agent_bin),
+    )
+    .context("installing the agent binary (binutils `strip`)")?;
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
+    match &inputs.agent_units {
+        Some(dir) if dir.is_dir() => {
+            let unit_dir = root.join("usr/lib/systemd/system");
+            let mut units: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+            units.sort_by_key(|e| e.file_name());
+            for e in units {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if [".service", ".timer", ".socket", ".path", ".target"]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+                {
+                    install_file(&e.path(), &unit_dir.join(&name), 0o644)?;
+                }
+            }
+        }
+        _ => warnings.push(
+            "agent units directory (agent/units) not found: agent units not installed".into(),
+        ),
+    }
+    Ok(())
+}
+
+fn unit_exists(root: &Path, unit: &str) -> bool {
+    let template =
+        unit.split_once('@').map(|(a, b)| format!("{a}@.{}", b.rsplit('.').next().unwrap_or("")));
+    ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].iter().any(|d| {
+        root.join(d).join(unit).exists()
+            || template.as_ref().is_some_and(|t| root.join(d).join(t).exists())
+    })
+}
+
+fn set_units(
+    root: &Path,
+    s: &super::profile::Systemd,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mut systemctl = |verb: &str, units: &[String], must_exist: bool| -> anyhow::Result<()> {
+        let mut present = Vec::new();
+        for u in units {
+            if !must_exist || unit_exists(root, u) {
+                present.push(u.clone());
+            } else {
+                warnings.push(format!("systemd.{verb}: unit {u} does not exist in the image"));
+            }
+        }
+        if present.is_empty() {
+            return Ok(());
+        }
+        exec::run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", root.display()))
+                .arg(verb)
+                .args(&present),
+        )
+    };
+    systemctl("enable", &s.enable, true)?;
+    systemctl("disable", &s.disable, true)?;
+    systemctl("mask", &s.mask, false)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/drivers/scsi/vmw_pvscsi.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n\
+kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko\n\
+kernel/drivers/scsi/scsi_common.ko:\n\
+kernel/drivers/net/vmxnet3/vmxnet3.ko:\n\
+kernel/fs/isofs/isofs.ko:\n\
+kernel/drivers/firmware/qemu_fw_cfg.ko:\n";
+
+    #[test]
+    fn closure_follows_dependencies() {
+        let keep = module_closure(DEP, &["vmw_pvscsi".into(), "qemu-fw-cfg".into()]).unwrap();
+        let v: Vec<_> = keep.iter().map(|s| module_name(s)).collect();
+        assert_eq!(v, ["qemu_fw_cfg", "scsi_common", "scsi_mod", "vmw_pvscsi"]);
+    }
+
+    #[test]
+    fn unknown_module_is_an_error() {
+        let err = module_closure(DEP, &["vmxnet4".into()]).unwrap_err().to_string();
+        assert!(err.contains("vmxnet4"), "{err}");
+    }
+
+    #[test]
+    fn copy_tree_merges_and_keeps_modes() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("etc/x")).unwrap();
+        fs::write(src.path().join("etc/x/run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(src.path().join("etc/x/run.sh"), fs::Permissions::from_mode(0o750))
+            .unwrap();
+        symlink("run.sh", src.path().join("etc/x/link")).unwrap();
+        fs::create_dir_all(dst.path().join("etc")).unwrap();
+        fs::write(dst.path().join("etc/keep"), "k").unwrap();
+        copy_tree(src.path(), dst.path()).unwrap();
+        assert_eq!(fs::read_to_string(dst.path().join("etc/keep")).unwrap(), "k");
+        let m = fs::metadata(dst.path().join("etc/x/run.sh")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(fs::read_link(dst.path().join("etc/x/link")).unwrap(), Path::new("run.sh"));
+    }
+}

@@ -1,0 +1,303 @@
+//! Stage 4, disk: one raw image file with a GPT (written by `gpt`), an EFI system partition
+//! (mkfs.fat at an offset, files placed with mtools) holding systemd-boot, the kernel and the
+//! initramfs, and the ext4 root (mkfs.ext4 -d at an offset). No loop devices, no mounts.
+//!
+//! Every identifier is derived from the stage key, and every timestamp from the epoch, so the
+//! same inputs give the same bytes.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use super::exec;
+use super::gpt::{self, Gpt, Partition, SECTOR};
+
+/// A namespace for the UUIDs the builder derives (a random constant, fixed forever).
+const NAMESPACE: Uuid = Uuid::from_u128(0x6d1b3f0e_52a4_4c8e_9b7e_3a1c0f5e2d41);
+const MIB: u64 = 1024 * 1024;
+
+/// Identifiers of a built disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiskIds {
+    /// GPT disk GUID.
+    pub disk_guid: Uuid,
+    /// ESP PARTUUID.
+    pub esp_partuuid: Uuid,
+    /// Root PARTUUID (on the kernel command line).
+    pub root_partuuid: Uuid,
+    /// ext4 filesystem UUID (also the htree hash seed).
+    pub root_fs_uuid: Uuid,
+    /// FAT volume id.
+    pub esp_volume_id: String,
+}
+
+impl DiskIds {
+    /// Derives all identifiers from a stage key.
+    pub fn derive(key: &str) -> Self {
+        let id = |what: &str| Uuid::new_v5(&NAMESPACE, format!("{key}/{what}").as_bytes());
+        let vol = id("esp-volume-id");
+        Self {
+            disk_guid: id("disk"),
+            esp_partuuid: id("esp"),
+            root_partuuid: id("root"),
+            root_fs_uuid: id("root-fs"),
+            esp_volume_id: hex::encode(&vol.as_bytes()[..4]),
+        }
+    }
+}
+
+/// What the disk stage needs.
+#[derive(Debug)]
+pub struct DiskSpec<'a> {
+    /// The sealed root tree.
+    pub root: &'a Path,
+    /// Kernel image.
+    pub vmlinuz: &'a Path,
+    /// Initramfs.
+    pub initrd: &'a Path,
+    /// Kernel command line without `root=`.
+    pub cmdline: &'a str,
+    /// Title for the boot entry.
+    pub title: &'a str,
+    /// Disk size.
+    pub size_mib: u64,
+    /// ESP size.
+    pub esp_mib: u64,
+    /// Timestamp for every file.
+    pub epoch: u64,
+}
+
+/// The partition table for a disk of `size_mib` with an ESP of `esp_mib`.
+pub fn layout(ids: &DiskIds, size_mib: u64, esp_mib: u64) -> Gpt {
+    let sectors = size_mib * MIB / SECTOR;
+    let per_mib = MIB / SECTOR;
+    Gpt {
+        disk_guid: ids.disk_guid,
+        disk_sectors: sectors,
+        partitions: vec![
+            Partition {
+                type_guid: gpt::TYPE_ESP,
+                guid: ids.esp_partuuid,
+                first_lba: per_mib,
+                last_lba: per_mib * (1 + esp_mib) - 1,
+                attrs: 0,
+                name: "ESP".into(),
+            },
+            Partition {
+                type_guid: gpt::TYPE_ROOT_X86_64,
+                guid: ids.root_partuuid,
+                first_lba: per_mib * (1 + esp_mib),
+                // The last MiB holds the backup GPT (and keeps the end aligned).
+                last_lba: sectors - per_mib - 1,
+                attrs: 0,
+                name: "root".into(),
+            },
+        ],
+    }
+}
+
+/// The systemd-boot entry.
+pub fn boot_entry(title: &str, root_partuuid: &Uuid, cmdline: &str) -> String {
+    format!(
+        "title {title}\nlinux /capstan/vmlinuz\ninitrd /capstan/initrd.img\noptions root=PARTUUID={root_partuuid} rw {cmdline}\n"
+    )
+}
+
+/// systemd-boot's loader configuration: no menu, no editor.
+pub const LOADER_CONF: &str = "default capstan.conf\ntimeout 0\neditor no\nconsole-mode keep\n";
+
+/// Builds `out/disk.raw`.
+pub fn run(spec: &DiskSpec<'_>, ids: &DiskIds, out: &Path) -> anyhow::Result<PathBuf> {
+    let table = layout(ids, spec.size_mib, spec.esp_mib);
+    table.validate().map_err(|e| anyhow::anyhow!("disk layout: {e}"))?;
+    let raw = out.join("disk.raw");
+    {
+        let mut f = fs::File::create(&raw)?;
+        f.set_len(spec.size_mib * MIB)?;
+        f.write_all(&table.primary(None))?;
+        f.seek(SeekFrom::Start(table.backup_offset()))?;
+        f.write_all(&table.backup())?;
+        f.sync_all()?;
+    }
+    let esp = &table.partitions[0];
+    let root = &table.partitions[1];
+    make_esp(spec, ids, &raw, esp, out)?;
+    make_root(spec, ids, &raw, root)?;
+    Ok(raw)
+}
+
+fn make_esp(
+    spec: &DiskSpec<'_>,
+    ids: &DiskIds,
+    raw: &Path,
+    esp: &Partition,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let blocks_kib = (esp.last_lba - esp.first_lba + 1) * SECTOR / 1024;
+    exec::run(
+        Command::new("mkfs.fat")
+            .args(["-F", "32", "-s", "1", "-n", "ESP", "--invariant"])
+            .arg("-i")
+            .arg(&ids.esp_volume_id)
+            .arg(format!("--offset={}", esp.first_lba))
+            .arg(raw)
+            .arg(blocks_kib.to_string()),
+    )?;
+    // Stage the ESP tree on disk with clamped times, then copy it in with mtools.
+    let stage = work.join("esp");
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
+    }
+    let put = |rel: &str, content: Option<&[u8]>, from: Option<&Path>| -> anyhow::Result<()> {
+        let p = stage.join(rel);
+        fs::create_dir_all(p.parent().expect("has parent"))?;
+        match (content, from) {
+            (Some(c), _) => fs::write(&p, c)?,
+            (None, Some(src)) => {
+                fs::copy(src, &p).with_context(|| format!("copying {}", src.display()))?;
+            }
+            _ => unreachable!("content or source"),
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644))?;
+        Ok(())
+    };
+    let sdboot = spec.root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+    put("EFI/BOOT/BOOTX64.EFI", None, Some(&sdboot))
+        .context("systemd-boot (package systemd-boot-efi in the profile)")?;
+    put("loader/loader.conf", Some(LOADER_CONF.as_bytes()), None)?;
+    let entry = boot_entry(spec.title, &ids.root_partuuid, spec.cmdline);
+    put("loader/entries/capstan.conf", Some(entry.as_bytes()), None)?;
+    put("capstan/vmlinuz", None, Some(spec.vmlinuz))?;
+    put("capstan/initrd.img", None, Some(spec.initrd))?;
+    exec::run(
+        Command::new("find")
+            .arg(&stage)
+            .args(["-exec", "touch", "-h", "-d"])
+            .arg(format!("@{}", spec.epoch))
+            .args(["{}", "+"]),
+    )?;
+    let image = format!("{}@@{}", raw.display(), esp.first_lba * SECTOR);
+    for dir in ["EFI", "loader", "capstan"] {
+        exec::run(
+            Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .env("SOURCE_DATE_EPOCH", spec.epoch.to_string())
+                .args(["-s", "-m", "-Q", "-i", &image])
+                .arg(stage.join(dir))
+                .arg("::/"),
+        )?;
+    }
+    fs::remove_dir_all(&stage)?;
+    Ok(())
+}
+
+fn make_root(
+    spec: &DiskSpec<'_>,
+    ids: &DiskIds,
+    raw: &Path,
+    root: &Partition,
+) -> anyhow::Result<()> {
+    let size_kib = (root.last_lba - root.first_lba + 1) * SECTOR / 1024;
+    let uuid = ids.root_fs_uuid.to_string();
+    exec::run(
+        Command::new("mkfs.ext4")
+            .env("E2FSPROGS_FAKE_TIME", spec.epoch.to_string())
+            .env("SOURCE_DATE_EPOCH", spec.epoch.to_string())
+            .args(["-q", "-F", "-b", "4096", "-I", "256", "-m", "1"])
+            .args(["-L", "capstan-root", "-U", &uuid])
+            .arg("-E")
+            .arg(format!(
+                "offset={},hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
+                root.first_lba * SECTOR
+            ))
+            .arg("-d")
+            .arg(spec.root)
+            .arg(raw)
+            .arg(format!("{size_kib}k")),
+    )
+    .context("making the root filesystem")?;
+    fix_times(spec, raw, root.first_lba * SECTOR)
+}
+
+/// mkfs.ext4 -d copies atime and ctime from the source tree, and neither can be set there
+/// (reading a file bumps its atime, any change bumps its ctime): set both to the epoch in the
+/// built filesystem with debugfs, for every path of the tree.
+fn fix_times(spec: &DiskSpec<'_>, raw: &Path, offset: u64) -> anyhow::Result<()> {
+    let mut paths = Vec::new();
+    collect_paths(spec.root, spec.root, &mut paths)?;
+    let mut script = String::with_capacity(paths.len() * 80);
+    let e = spec.epoch;
+    for p in &paths {
+        if p.contains('"') || p.contains('\n') {
+            anyhow::bail!("path {p:?} in the root cannot be passed to debugfs");
+        }
+        script.push_str(&format!("sif \"{p}\" atime @{e}\nsif \"{p}\" ctime @{e}\n"));
+    }
+    let cmds = raw.with_extension("debugfs");
+    fs::write(&cmds, script)?;
+    exec::run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", e.to_string())
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmds)
+            .arg(format!("{}?offset={offset}", raw.display())),
+    )
+    .context("clamping inode times with debugfs")?;
+    fs::remove_file(cmds)?;
+    Ok(())
+}
+
+fn collect_paths(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    if dir == root {
+        out.push("/".into());
+    }
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        out.push(format!("/{}", path.strip_prefix(root).expect("under root").display()));
+        if e.file_type()?.is_dir() {
+            collect_paths(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = DiskIds::derive("k1");
+        let b = DiskIds::derive("k1");
+        let c = DiskIds::derive("k2");
+        assert_eq!(a.root_partuuid, b.root_partuuid);
+        assert_ne!(a.root_partuuid, c.root_partuuid);
+        assert_ne!(a.root_partuuid, a.esp_partuuid);
+        assert_eq!(a.esp_volume_id.len(), 8);
+    }
+
+    #[test]
+    fn layout_is_aligned_and_valid() {
+        let ids = DiskIds::derive("k");
+        let g = layout(&ids, 4096, 64);
+        g.validate().unwrap();
+        assert_eq!(g.partitions[0].first_lba, 2048);
+        assert_eq!(g.partitions[1].first_lba % 2048, 0);
+        assert_eq!((g.partitions[1].last_lba + 1) % 2048, 0);
+    }
+
+    #[test]
+    fn entry_names_the_root_partition() {
+        let u = Uuid::from_u128(7);
+        let e = boot_entry("Capstan lb", &u, "quiet");
+        assert!(e.contains("options root=PARTUUID=00000000-0000-0000-0000-000000000007 rw quiet\n"));
+    }
+}

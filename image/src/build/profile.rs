@@ -1,0 +1,273 @@
+//! `buildroot/<name>/profile.toml`: what goes into an appliance image.
+//!
+//! Strict serde: an unknown or misspelled key is an error naming the file, so a typo never
+//! silently drops a package or a module from a template.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading a profile.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// The profile directory or file could not be read.
+    #[error("cannot read profile {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid profile.
+    #[error("invalid profile {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A cross-field rule is broken.
+    #[error("invalid profile {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A parsed profile plus where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    /// The profile directory (`buildroot/<name>`).
+    pub dir: PathBuf,
+    /// The parsed `profile.toml`.
+    pub profile: Profile,
+}
+
+/// The contents of `profile.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Profile name; must match the directory name.
+    pub name: String,
+    /// One line for humans and the OVF annotation.
+    pub description: String,
+    /// Product version written into the OVF ProductSection.
+    pub version: String,
+    /// Timestamps in the image are clamped to this; `SOURCE_DATE_EPOCH` overrides it.
+    pub source_date_epoch: u64,
+    /// Overlay directories copied over the root, in order, relative to the profile directory.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
+    /// Debian packages.
+    pub debian: Debian,
+    /// Kernel, initramfs and module pruning.
+    pub kernel: Kernel,
+    /// Unit states.
+    #[serde(default)]
+    pub systemd: Systemd,
+    /// Sealing policy.
+    #[serde(default)]
+    pub seal: Seal,
+    /// Disk layout.
+    pub disk: Disk,
+    /// Agent defaults written verbatim (as TOML) to `/etc/capstan/agent.toml`.
+    #[serde(default)]
+    pub agent: toml::Table,
+    /// OVF hardware and product metadata.
+    pub ovf: Ovf,
+}
+
+/// `[debian]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debian {
+    /// Suite, e.g. `bookworm`.
+    pub suite: String,
+    /// apt source lines passed to mmdebstrap (the host's apt sources are never used).
+    pub mirrors: Vec<String>,
+    /// The kernel package.
+    pub kernel: String,
+    /// Packages on top of `minbase`.
+    pub packages: Vec<String>,
+}
+
+/// `[kernel]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Kernel command line (root= is added by the builder).
+    pub cmdline: String,
+    /// Modules placed in the initramfs.
+    pub initramfs_modules: Vec<String>,
+    /// Modules kept in the root (with their dependencies); `["*"]` keeps all.
+    pub modules: Vec<String>,
+    /// Modules loaded at boot via modules-load.d.
+    #[serde(default)]
+    pub load: Vec<String>,
+}
+
+/// `[systemd]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Systemd {
+    /// Units to enable.
+    #[serde(default)]
+    pub enable: Vec<String>,
+    /// Units to disable.
+    #[serde(default)]
+    pub disable: Vec<String>,
+    /// Units to mask.
+    #[serde(default)]
+    pub mask: Vec<String>,
+}
+
+/// `[seal]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seal {
+    /// Lock root's password (login only with keys the agent installs).
+    #[serde(default = "yes")]
+    pub root_locked: bool,
+}
+
+impl Default for Seal {
+    fn default() -> Self {
+        Self { root_locked: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[disk]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// Virtual disk size in MiB (the root partition fills what the ESP leaves).
+    pub size_mib: u64,
+    /// EFI system partition size in MiB.
+    pub esp_mib: u64,
+}
+
+/// `[ovf]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ovf {
+    /// Product name.
+    pub product: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Virtual hardware version, e.g. `vmx-15`.
+    pub hardware_version: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+impl LoadedProfile {
+    /// Loads `NAME` from `root/NAME/profile.toml`, or a profile directory given as a path.
+    pub fn load(root: &Path, name_or_dir: &str) -> Result<Self, ProfileError> {
+        let dir = if name_or_dir.contains('/') {
+            PathBuf::from(name_or_dir)
+        } else {
+            root.join(name_or_dir)
+        };
+        let path = dir.join("profile.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ProfileError::Read { path: path.clone(), source })?;
+        let profile = Profile::parse(&text)
+            .map_err(|source| ProfileError::Parse { path: path.clone(), source })?;
+        profile.validate().map_err(|reason| ProfileError::Invalid { path, reason })?;
+        Ok(Self { dir, profile })
+    }
+
+    /// Absolute overlay directories, in order.
+    pub fn overlay_dirs(&self) -> Vec<PathBuf> {
+        self.profile.overlays.iter().map(|o| self.dir.join(o)).collect()
+    }
+}
+
+impl Profile {
+    /// Parses the TOML text of a profile.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Cross-field rules.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return Err(format!("name {:?}: use lowercase letters, digits and '-'", self.name));
+        }
+        if self.disk.esp_mib < 33 {
+            return Err("disk.esp_mib must be at least 33 (FAT16 minimum)".into());
+        }
+        if self.disk.size_mib < self.disk.esp_mib + 256 {
+            return Err("disk.size_mib leaves less than 256 MiB for the root".into());
+        }
+        if self.debian.mirrors.is_empty() {
+            return Err("debian.mirrors is empty".into());
+        }
+        if self.kernel.cmdline.contains("root=") {
+            return Err("kernel.cmdline must not set root= (the builder adds it)".into());
+        }
+        for unit in
+            self.systemd.enable.iter().chain(&self.systemd.disable).chain(&self.systemd.mask)
+        {
+            if unit.contains('/') || !unit.contains('.') {
+                return Err(format!("systemd unit {unit:?} is not a unit file name"));
+            }
+        }
+        if !self.ovf.hardware_version.starts_with("vmx-") {
+            return Err(format!(
+                "ovf.hardware_version {:?} must look like vmx-15",
+                self.ovf.hardware_version
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_buildroot() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot")
+    }
+
+    #[test]
+    fn shipped_profiles_parse_and_validate() {
+        for name in ["lb", "node"] {
+            let p = LoadedProfile::load(&repo_buildroot(), name).unwrap();
+            assert_eq!(p.profile.name, name);
+            for dir in p.overlay_dirs() {
+                assert!(dir.is_dir(), "{} missing", dir.display());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = std::fs::read_to_string(repo_buildroot().join("lb/profile.toml")).unwrap();
+        let bad = text.replace("[disk]\n", "[disk]\nsize_gib = 3\n");
+        let err = Profile::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("size_gib"), "{err}");
+    }
+
+    #[test]
+    fn root_in_cmdline_is_rejected() {
+        let text = std::fs::read_to_string(repo_buildroot().join("lb/profile.toml")).unwrap();
+        let mut p = Profile::parse(&text).unwrap();
+        p.kernel.cmdline.push_str(" root=/dev/sda1");
+        assert!(p.validate().unwrap_err().contains("root="));
+    }
+}

@@ -1,0 +1,325 @@
+//! The QEMU lab: boot a built template on this machine the way vSphere would deliver its
+//! configuration, and report what the agent applied.
+//!
+//! - the disk is never written: QEMU runs on a qcow2 overlay in a temporary directory (an
+//!   OVA's streamOptimized VMDK is used directly as the overlay's backing file);
+//! - vApp properties become an OVF environment (`ovf-env.xml`) on an ISO labelled `OVF ENV`
+//!   attached as an IDE CD-ROM (`/dev/sr0`), as vCenter's ISO transport does;
+//! - guestinfo keys (CAPV's `metadata`/`userdata`, `capstan.*`) go through QEMU fw_cfg as
+//!   `opt/capstan/guestinfo/<key>`, which the agent reads;
+//! - the serial console goes to a log file; the image's `capstan-report.service` prints the
+//!   agent's `status --json` between markers when first boot is done, which is what
+//!   `--wait-ready` waits for;
+//! - QEMU is always killed by pid at the end (also on error, timeout or panic).
+
+pub mod env;
+pub mod qemu;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Start of the ready report on the serial console (printed by `capstan-report.service`).
+pub const MARK_BEGIN: &str = "CAPSTAN-READY-BEGIN";
+/// End of the ready report.
+pub const MARK_END: &str = "CAPSTAN-READY-END";
+
+/// A guestinfo value from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestinfoArg {
+    /// Key without the `guestinfo.` prefix (`metadata`, `capstan.hostname`).
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// vSphere's limit for one guestinfo value.
+pub const GUESTINFO_MAX: usize = 64 * 1024;
+
+impl GuestinfoArg {
+    /// Parses `KEY=VALUE` or `KEY=@FILE`.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--guestinfo {s:?}: expected KEY=VALUE or KEY=@FILE"))?;
+        let key = key.strip_prefix("guestinfo.").unwrap_or(key);
+        if key.is_empty()
+            || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            bail!("--guestinfo key {key:?}: use letters, digits, '.', '-' and '_'");
+        }
+        // fw_cfg names are at most 55 bytes including "opt/capstan/guestinfo/".
+        if qemu::FW_CFG_PREFIX.len() + key.len() > 55 {
+            bail!(
+                "--guestinfo key {key:?} is too long for QEMU fw_cfg (at most {} bytes)",
+                55 - qemu::FW_CFG_PREFIX.len()
+            );
+        }
+        let value = match value.strip_prefix('@') {
+            Some(path) => {
+                std::fs::read(path).with_context(|| format!("--guestinfo {key}: reading {path}"))?
+            }
+            None => value.as_bytes().to_vec(),
+        };
+        if value.len() > GUESTINFO_MAX {
+            bail!(
+                "--guestinfo {key}: value is {} bytes; vSphere allows at most {GUESTINFO_MAX}",
+                value.len()
+            );
+        }
+        Ok(Self { key: key.to_string(), value })
+    }
+}
+
+/// Parses `KEY=VALUE` for `--prop`.
+pub fn parse_prop(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s.split_once('=').with_context(|| format!("--prop {s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c == '"' || c == '<') {
+        bail!("--prop key {k:?} is not a property key");
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// QEMU accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Probe KVM, fall back to TCG.
+    Auto,
+    /// KVM.
+    Kvm,
+    /// TCG (software).
+    Tcg,
+}
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// The image (OVA, qcow2, raw, VMDK).
+    pub image: PathBuf,
+    /// vApp property values (`--prop`).
+    pub props: Vec<(String, String)>,
+    /// guestinfo keys (`--guestinfo`).
+    pub guestinfo: Vec<GuestinfoArg>,
+    /// First NIC's MAC.
+    pub mac: String,
+    /// Wait for the ready report, then power off.
+    pub wait_ready: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Memory.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// An ISO to attach instead of the generated OVF environment (e.g. a NoCloud seed).
+    pub cdrom: Option<PathBuf>,
+    /// Keep the serial log here (default: inside the temporary directory, printed on failure).
+    pub serial_log: Option<PathBuf>,
+    /// Cache directory (for the KVM probe verdict).
+    pub cache: PathBuf,
+}
+
+/// What a lab run saw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LabResult {
+    /// The ready report arrived.
+    pub ready: bool,
+    /// Accelerator used.
+    pub accel: Accel,
+    /// Seconds from starting QEMU to the ready report.
+    pub boot_seconds: Option<f64>,
+    /// Guest uptime when the report was printed.
+    pub guest_uptime: Option<f64>,
+    /// The agent's `status --json` (or whatever JSON the image's report unit printed).
+    pub status: Option<serde_json::Value>,
+    /// The exit code of the status command in the guest.
+    pub status_rc: Option<i32>,
+    /// The OVF environment delivered (keys and values).
+    pub ovf_env: Vec<(String, String)>,
+    /// The serial log (when kept).
+    pub serial_log: Option<PathBuf>,
+}
+
+/// A parsed ready report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Guest uptime.
+    pub uptime: Option<f64>,
+    /// Parsed JSON.
+    pub status: Option<serde_json::Value>,
+    /// Raw text between the markers (when it is not JSON).
+    pub text: String,
+    /// Exit code.
+    pub rc: Option<i32>,
+}
+
+fn field<T: std::str::FromStr>(line: &str, name: &str) -> Option<T> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Finds the ready report in serial console text, if complete.
+pub fn find_report(log: &str) -> Option<Report> {
+    let start = log.find(MARK_BEGIN)?;
+    let rest = &log[start..];
+    let end = rest.find(MARK_END)?;
+    let (head, body) = rest[..end].split_once('\n')?;
+    let tail = rest[end..].lines().next().unwrap_or("");
+    // Kernel or systemd lines may interleave with the report: keep lines that belong to it.
+    let text: String = body
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let status = serde_json::from_str(&text).ok().or_else(|| {
+        let filtered: String = text
+            .lines()
+            .filter(|l| !l.starts_with('[') || l.starts_with("[{") || l.trim() == "[")
+            .collect::<Vec<_>>()
+            .join("\n");
+        serde_json::from_str(&filtered).ok()
+    });
+    Some(Report { uptime: field(head, "uptime"), status, text, rc: field(tail, "rc") })
+}
+
+/// Boots the image and (with `wait_ready`) waits for the report.
+pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
+    let work = tempfile::Builder::new().prefix("capstan-lab").tempdir()?;
+    let disk = qemu::prepare_disk(&opts.image, work.path())?;
+    let (cdrom, ovf_env) = match &opts.cdrom {
+        Some(iso) => (iso.clone(), Vec::new()),
+        None => {
+            let props = env::environment_for(&opts.image, &opts.props, work.path())?;
+            let env = env::build_environment(&props, &opts.mac);
+            let iso = env::write_iso(&env, work.path())?;
+            (iso, props)
+        }
+    };
+    let serial = opts.serial_log.clone().unwrap_or_else(|| work.path().join("serial.log"));
+    // QEMU appends to an existing file: a stale report must never look like this boot's.
+    if serial.exists() {
+        std::fs::remove_file(&serial)
+            .with_context(|| format!("removing old serial log {}", serial.display()))?;
+    }
+    let accel = match opts.accel {
+        Accel::Auto => qemu::probe_kvm(&disk.kernel_probe, &opts.cache, work.path()),
+        a => a,
+    };
+    let mut vm = qemu::Vm::start(&qemu::VmSpec {
+        disk: &disk.overlay,
+        cdrom: &cdrom,
+        guestinfo: &opts.guestinfo,
+        mac: &opts.mac,
+        accel,
+        memory_mib: opts.memory_mib,
+        cpus: opts.cpus,
+        serial: &serial,
+        work: work.path(),
+        interactive: !opts.wait_ready,
+    })?;
+    let started = Instant::now();
+    let mut result = LabResult {
+        ready: false,
+        accel,
+        boot_seconds: None,
+        guest_uptime: None,
+        status: None,
+        status_rc: None,
+        ovf_env,
+        serial_log: opts.serial_log.clone(),
+    };
+    if !opts.wait_ready {
+        let code = vm.wait(opts.timeout)?;
+        eprintln!("capstan lab: QEMU exited ({code})");
+        return Ok(result);
+    }
+    loop {
+        let log = std::fs::read(&serial).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        if let Some(r) = find_report(&log) {
+            result.ready = true;
+            result.boot_seconds = Some(started.elapsed().as_secs_f64());
+            result.guest_uptime = r.uptime;
+            result.status_rc = r.rc;
+            result.status = Some(r.status.unwrap_or(serde_json::Value::String(r.text)));
+            break;
+        }
+        if let Some(code) = vm.try_exit()? {
+            bail!(
+                "QEMU exited ({code}) before the image reported ready; {}\n{}",
+                vm.stderr_tail(),
+                tail(&log, 40)
+            );
+        }
+        if started.elapsed() > opts.timeout {
+            bail!(
+                "no ready report from the guest within {}s ({accel:?}); last console lines:\n{}",
+                opts.timeout.as_secs(),
+                tail(&log, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vm.kill();
+    Ok(result)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_is_found_between_markers() {
+        let log = "boot...\r\nCAPSTAN-READY-BEGIN uptime=9.81\r\n{\"hostname\":\"lb-1\",\r\n\"steps\":[]}\r\nCAPSTAN-READY-END rc=0\r\n";
+        let r = find_report(log).unwrap();
+        assert_eq!(r.uptime, Some(9.81));
+        assert_eq!(r.rc, Some(0));
+        assert_eq!(r.status.unwrap()["hostname"], "lb-1");
+    }
+
+    #[test]
+    fn interleaved_kernel_lines_are_dropped() {
+        let log = "CAPSTAN-READY-BEGIN uptime=1\n{\"a\":\n[   12.5] random: crng init done\n1}\nCAPSTAN-READY-END rc=3\n";
+        let r = find_report(log).unwrap();
+        assert_eq!(r.status.unwrap()["a"], 1);
+        assert_eq!(r.rc, Some(3));
+    }
+
+    #[test]
+    fn incomplete_report_is_not_ready() {
+        assert!(find_report("CAPSTAN-READY-BEGIN uptime=1\n{\"a\":1}\n").is_none());
+        assert!(find_report("nothing").is_none());
+    }
+
+    #[test]
+    fn guestinfo_args_are_checked() {
+        let g = GuestinfoArg::parse("guestinfo.metadata=abc").unwrap();
+        assert_eq!(g.key, "metadata");
+        assert_eq!(g.value, b"abc");
+        assert!(GuestinfoArg::parse("novalue").is_err());
+        assert!(GuestinfoArg::parse("bad key=1").is_err());
+        assert!(GuestinfoArg::parse(&format!("{}=1", "k".repeat(40))).is_err());
+        let big = format!("userdata={}", "x".repeat(GUESTINFO_MAX + 1));
+        assert!(GuestinfoArg::parse(&big).unwrap_err().to_string().contains("at most 65536"));
+        let err = GuestinfoArg::parse("metadata=@/nonexistent/file").unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/file"));
+    }
+
+    #[test]
+    fn props_are_key_value() {
+        assert_eq!(
+            parse_prop("capstan.hostname=lb-1").unwrap(),
+            ("capstan.hostname".to_string(), "lb-1".to_string())
+        );
+        assert_eq!(parse_prop("k=a=b").unwrap().1, "a=b");
+        assert!(parse_prop("novalue").is_err());
+    }
+}
