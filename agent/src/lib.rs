@@ -10,10 +10,14 @@
 //! - [`cli`], [`daemon`]: the commands;
 //! - `steps`, `cloudinit`, `root`, `types`: first-boot steps and their inputs;
 //! - `lb`: the load-balancer role.
+pub mod cli;
+pub mod cloudinit;
+pub mod daemon;
 pub mod guestinfo;
 pub mod lb;
 pub mod root;
 pub mod schema;
 pub mod sources;
+pub mod state;
 pub mod steps;
 pub mod types;

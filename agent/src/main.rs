@@ -1,3 +1,8 @@
-//! `capstan-agent`: the node agent binary.
+//! `capstan-agent`: the node agent binary. A thin shell over `capstan_agent::cli`.
 
-fn main() {}
+use clap::Parser;
+
+fn main() {
+    let cli = capstan_agent::cli::Cli::parse();
+    std::process::exit(capstan_agent::cli::run(cli));
+}

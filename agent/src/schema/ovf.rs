@@ -1,60 +1,39 @@
 //! OVF ProductSection properties generated from the schema, for the builder and for
 //! `capstan-agent config schema --ovf`.
 
-use serde::Serialize;
-
 use super::{profile, settings, Kind, Setting, KEY_PREFIX, PROFILES};
 
-/// One vApp property as the builder writes it into the descriptor's ProductSection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProductProperty {
-    /// `ovf:key` (`capstan.net.nic0.address`).
-    pub key: String,
-    /// `ovf:type`: `string`, `boolean`, `uint8`, `uint16` or `uint32`.
-    pub ty: &'static str,
-    /// `ovf:qualifiers` (`MinLen(0),MaxLen(253)`, `ValueMap{"a","b"}`, `MinValue(1),MaxValue(255)`).
-    pub qualifiers: Option<String>,
-    /// `ovf:value`: the default (empty when none).
-    pub value: String,
-    /// `ovf:userConfigurable`.
-    pub user_configurable: bool,
-    /// `ovf:password`: a secret the wizard masks.
-    pub password: bool,
-    /// `Label`.
-    pub label: String,
-    /// `Description`.
-    pub description: String,
-    /// The `Category` heading this property sits under.
-    pub category: String,
-}
+/// One vApp property, as the builder puts it into the descriptor's ProductSection.
+pub use ovf::descriptor::builder::ProductProperty;
+use ovf::descriptor::PropertyType;
 
-fn ovf_type(kind: &Kind) -> (&'static str, Option<String>) {
+fn ovf_type(kind: &Kind) -> (PropertyType, Option<String>) {
     match kind {
-        Kind::Bool => ("boolean", None),
+        Kind::Bool => (PropertyType::Boolean, None),
         Kind::Int { min, max } => {
             let ty = if *max <= u64::from(u8::MAX) {
-                "uint8"
+                PropertyType::Uint8
             } else if *max <= u64::from(u16::MAX) {
-                "uint16"
+                PropertyType::Uint16
             } else {
-                "uint32"
+                PropertyType::Uint32
             };
             (ty, Some(format!("MinValue({min}),MaxValue({max})")))
         }
         Kind::Choice(c) => {
             let list: Vec<String> = c.iter().map(|v| format!("\"{v}\"")).collect();
-            ("string", Some(format!("ValueMap{{{}}}", list.join(","))))
+            (PropertyType::String, Some(format!("ValueMap{{{}}}", list.join(","))))
         }
         Kind::Text { min_len, max_len } => {
-            ("string", Some(format!("MinLen({min_len}),MaxLen({max_len})")))
+            (PropertyType::String, Some(format!("MinLen({min_len}),MaxLen({max_len})")))
         }
         Kind::Hostname | Kind::Fqdn | Kind::InstanceId => {
-            ("string", Some("MinLen(0),MaxLen(255)".into()))
+            (PropertyType::String, Some("MinLen(0),MaxLen(255)".into()))
         }
-        Kind::Mac => ("string", Some("MinLen(0),MaxLen(17)".into())),
-        Kind::IfName => ("string", Some("MinLen(0),MaxLen(15)".into())),
-        Kind::Ip => ("string", Some("MinLen(0),MaxLen(45)".into())),
-        Kind::SshKeys => ("string", Some("MinLen(0),MaxLen(16384)".into())),
+        Kind::Mac => (PropertyType::String, Some("MinLen(0),MaxLen(17)".into())),
+        Kind::IfName => (PropertyType::String, Some("MinLen(0),MaxLen(15)".into())),
+        Kind::Ip => (PropertyType::String, Some("MinLen(0),MaxLen(45)".into())),
+        Kind::SshKeys => (PropertyType::String, Some("MinLen(0),MaxLen(16384)".into())),
         Kind::CidrList
         | Kind::IpList
         | Kind::DomainList
@@ -62,7 +41,7 @@ fn ovf_type(kind: &Kind) -> (&'static str, Option<String>) {
         | Kind::Url
         | Kind::PasswordHash
         | Kind::Duration
-        | Kind::RoleText => ("string", Some("MinLen(0),MaxLen(4096)".into())),
+        | Kind::RoleText => (PropertyType::String, Some("MinLen(0),MaxLen(4096)".into())),
     }
 }
 
@@ -73,22 +52,23 @@ fn property(s: &Setting, profile_name: &str, nic: Option<&str>) -> ProductProper
         None => (s.path.to_owned(), s.label.to_owned()),
     };
     let mut value = s.default_for(profile_name).unwrap_or("").to_owned();
-    if ty == "boolean" && value.is_empty() {
+    if ty == PropertyType::Boolean && value.is_empty() {
         value = "false".into();
     }
     ProductProperty {
         key: format!("{KEY_PREFIX}{path}"),
         ty,
         qualifiers,
-        value,
+        // vSphere shows an empty field for an empty default; keep it explicit.
+        default: Some(value),
         user_configurable: s.user_configurable,
         password: s.secret,
-        label,
-        description: s.description.to_owned(),
-        category: match nic {
+        label: Some(label),
+        description: Some(s.description.to_owned()),
+        category: Some(match nic {
             Some(n) => format!("{} ({n})", s.category),
             None => s.category.to_owned(),
-        },
+        }),
     }
 }
 
@@ -122,7 +102,7 @@ pub fn ovf_properties_for(profile_name: &str, nics: &[&str]) -> Vec<ProductPrope
         }
     }
     // Stable grouping: categories in order of first appearance.
-    let mut cats: Vec<String> = Vec::new();
+    let mut cats: Vec<Option<String>> = Vec::new();
     for p in &out {
         if !cats.contains(&p.category) {
             cats.push(p.category.clone());
@@ -157,28 +137,32 @@ pub fn product_section_xml(profile_name: &str) -> String {
     x.push_str("<ProductSection ovf:required=\"false\">\n");
     x.push_str("  <Info>Capstan node configuration (schema version 1)</Info>\n");
     x.push_str("  <Product>Capstan</Product>\n");
-    let mut cat = "";
+    let mut cat: Option<String> = None;
     for p in &props {
         if p.category != cat {
-            cat = &p.category;
-            x.push_str(&format!("  <Category>{}</Category>\n", esc(cat)));
+            cat.clone_from(&p.category);
+            x.push_str(&format!("  <Category>{}</Category>\n", esc(cat.as_deref().unwrap_or(""))));
         }
-        x.push_str(&format!("  <Property ovf:key=\"{}\" ovf:type=\"{}\"", esc(&p.key), p.ty));
+        x.push_str(&format!(
+            "  <Property ovf:key=\"{}\" ovf:type=\"{}\"",
+            esc(&p.key),
+            p.ty.as_str()
+        ));
         if let Some(q) = &p.qualifiers {
             x.push_str(&format!(" ovf:qualifiers=\"{}\"", esc(q)));
         }
         x.push_str(&format!(
             " ovf:userConfigurable=\"{}\" ovf:value=\"{}\"",
             p.user_configurable,
-            esc(&p.value)
+            esc(p.default.as_deref().unwrap_or(""))
         ));
         if p.password {
             x.push_str(" ovf:password=\"true\"");
         }
         x.push_str(&format!(
             ">\n    <Label>{}</Label>\n    <Description>{}</Description>\n  </Property>\n",
-            esc(&p.label),
-            esc(&p.description)
+            esc(p.label.as_deref().unwrap_or("")),
+            esc(p.description.as_deref().unwrap_or(""))
         ));
     }
     x.push_str("</ProductSection>\n");
@@ -198,19 +182,21 @@ mod tests {
     fn lb_profile_has_lb_keys_and_role_default() {
         let props = ovf_properties("lb");
         let role = props.iter().find(|p| p.key == "capstan.role").unwrap();
-        assert_eq!(role.value, "lb");
+        assert_eq!(role.default.as_deref(), Some("lb"));
         assert!(role.qualifiers.as_deref().unwrap().starts_with("ValueMap{"));
         let secret = props.iter().find(|p| p.key == "capstan.lb.vrrp.secret").unwrap();
         assert!(secret.password);
         let port = props.iter().find(|p| p.key == "capstan.lb.port").unwrap();
-        assert_eq!((port.ty, port.value.as_str()), ("uint16", "6443"));
+        assert_eq!(port.ty, PropertyType::Uint16);
+        assert_eq!(port.default.as_deref(), Some("6443"));
         let rid = props.iter().find(|p| p.key == "capstan.lb.vrrp.router-id").unwrap();
-        assert_eq!(rid.ty, "uint8");
+        assert_eq!(rid.ty, PropertyType::Uint8);
         assert!(props.iter().any(|p| p.key == "capstan.net.nic0.address"));
         assert!(!props.iter().any(|p| p.key.starts_with("capstan.kube.")));
         let node = ovf_properties("node");
         assert!(!node.iter().any(|p| p.key.starts_with("capstan.lb.")));
-        assert_eq!(node.iter().find(|p| p.key == "capstan.role").unwrap().value, "none");
+        let role = node.iter().find(|p| p.key == "capstan.role").unwrap();
+        assert_eq!(role.default.as_deref(), Some("none"));
     }
 
     #[test]

@@ -1,0 +1,358 @@
+//! The command implementations.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::plan::{apply_issues, build_plan};
+use super::{SourceArgs, EXIT_ERROR, EXIT_OK, EXIT_STEP_FAILED};
+use crate::root::{FileOpts, Root};
+use crate::schema::{self, Config};
+use crate::sources::{self, chain, Gathered, SourceOptions};
+use crate::state::{State, Status};
+use crate::steps::{self, Mode, PerInstance, StepStatus};
+
+/// Source options for the command line.
+pub fn source_options(src: &SourceArgs) -> SourceOptions {
+    let mut opts = match &src.root {
+        Some(r) => SourceOptions::rooted(r),
+        None => SourceOptions::live(),
+    };
+    opts.ovf_env_file.clone_from(&src.ovf_env);
+    opts.guestinfo_dir.clone_from(&src.guestinfo_dir);
+    opts
+}
+
+fn open_root(root: Option<&Path>) -> Result<Root, String> {
+    let dir = root.unwrap_or(Path::new("/"));
+    if root.is_some() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("creating root {}: {e}", dir.display()))?;
+    }
+    Root::new(dir).map_err(|e| chain(&e))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One pass of first boot: gather, plan, run the steps, record. Used by `firstboot` and by the
+/// daemon when the instance-id changes.
+pub fn apply_once(opts: &SourceOptions, root: &Root, mode: Mode, scrub: bool) -> Status {
+    let started = Instant::now();
+    let started_at = now_secs();
+    let g = sources::gather(opts);
+    let gather_ms = started.elapsed().as_millis() as u64;
+    apply_gathered(&g, root, mode, scrub, started, started_at, gather_ms)
+}
+
+/// [`apply_once`] with sources already gathered.
+pub fn apply_gathered(
+    g: &Gathered,
+    root: &Root,
+    mode: Mode,
+    scrub: bool,
+    started: Instant,
+    started_at: u64,
+    gather_ms: u64,
+) -> Status {
+    for line in g.error_lines() {
+        tracing::warn!("{line}");
+    }
+    let state = State::new(root.clone());
+    let id = g.instance_id.to_string();
+    let mut extra_errors = Vec::new();
+    let previous = match state.current_instance() {
+        Ok(p) => p,
+        Err(e) => {
+            extra_errors.push(format!("state: {}", chain(&e)));
+            None
+        }
+    };
+    let new_instance = previous.as_deref() != Some(id.as_str());
+    let prior = match state.load(&id) {
+        Ok(s) => s,
+        Err(e) => {
+            extra_errors.push(format!("state: {}", chain(&e)));
+            None
+        }
+    };
+    let done = prior.map(|s| s.done).unwrap_or_default();
+    tracing::info!(
+        instance_id = %id,
+        origin = %g.instance_id_origin,
+        new_instance,
+        "first boot"
+    );
+    let (plan, issues) = build_plan(g);
+    let per_instance = PerInstance { done: done.clone() };
+    let mut records = steps::run(root, &plan, mode, &per_instance);
+    apply_issues(&mut records, g, &issues, gather_ms);
+    let mut done = done;
+    done.extend(records.iter().filter(|r| r.status == StepStatus::Ok).map(|r| r.name.clone()));
+    // The steps log themselves; issues charged to them by the sources are logged here.
+    for i in &issues {
+        tracing::error!(step = i.step, "{}", i.message);
+    }
+    if scrub {
+        for e in g.scrub_secrets() {
+            tracing::warn!("scrubbing consumed secrets: {e}");
+        }
+    }
+    let mut status = Status::new(
+        g,
+        new_instance,
+        started_at,
+        started.elapsed().as_millis() as u64,
+        records,
+        extra_errors,
+    );
+    status.done = done;
+    if let Err(e) = state.save(&status) {
+        tracing::error!("recording state: {}", chain(&e));
+        status.result = "failed".into();
+    }
+    status
+}
+
+/// `capstan-agent firstboot`.
+pub fn firstboot(src: &SourceArgs, run_commands: bool, scrub: bool) -> i32 {
+    let root = match open_root(src.root.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("capstan-agent: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let mode = if src.root.is_some() { Mode::Rooted { run_commands } } else { Mode::Live };
+    // Under --root nothing is written outside DIR, so guestinfo is only scrubbed when asked.
+    let scrub = scrub || src.root.is_none();
+    let status = apply_once(&source_options(src), &root, mode, scrub);
+    let failed: Vec<&str> = status
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| s.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        tracing::info!(ms = status.duration_ms, "first boot complete");
+        EXIT_OK
+    } else {
+        eprintln!("capstan-agent: first boot finished with failed steps: {}", failed.join(", "));
+        EXIT_STEP_FAILED
+    }
+}
+
+/// `capstan-agent status`.
+pub fn status(root: Option<&Path>, json: bool) -> i32 {
+    let dir = root.unwrap_or(Path::new("/"));
+    let root = match Root::new(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("capstan-agent: {}", chain(&e));
+            return EXIT_ERROR;
+        }
+    };
+    let status = match State::new(root).load_current() {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("capstan-agent: no first boot recorded under {}", dir.display());
+            return EXIT_ERROR;
+        }
+        Err(e) => {
+            eprintln!("capstan-agent: {}", chain(&e));
+            return EXIT_ERROR;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("capstan-agent: {e}");
+                return EXIT_ERROR;
+            }
+        }
+    } else {
+        print!("{}", human_status(&status));
+    }
+    if status.failed() {
+        EXIT_STEP_FAILED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The status as a terminal table.
+pub fn human_status(s: &Status) -> String {
+    let mut o = String::new();
+    o.push_str(&format!("instance-id  {} ({})\n", s.instance_id, s.instance_id_origin));
+    o.push_str(&format!("result       {} in {} ms\n", s.result, s.duration_ms));
+    o.push_str(&format!("role         {}\n", s.role));
+    o.push_str(&format!("network      {}\n", s.network_source));
+    o.push_str("sources\n");
+    for src in &s.sources {
+        o.push_str(&format!("  {:<11} {} ({} values)\n", src.name, src.location, src.values));
+    }
+    o.push_str("steps\n");
+    for st in &s.steps {
+        let tail = match &st.error {
+            Some(e) => format!("{} | error: {e}", st.detail),
+            None => st.detail.clone(),
+        };
+        o.push_str(&format!(
+            "  {:<8} {:<21} {:>6} ms  {}\n",
+            st.status.to_string(),
+            st.name,
+            st.duration_ms,
+            tail
+        ));
+    }
+    o.push_str("values\n");
+    for v in &s.values {
+        o.push_str(&format!("  {} = {}  ({})\n", v.path, v.value, v.origin));
+    }
+    if !s.errors.is_empty() {
+        o.push_str("refused\n");
+        for e in &s.errors {
+            o.push_str(&format!("  {e}\n"));
+        }
+    }
+    o
+}
+
+/// `capstan-agent config schema`.
+pub fn config_schema(json: bool, ovf: bool, markdown: bool, profile: &str) -> i32 {
+    if ovf {
+        if schema::profile(profile).is_none() {
+            eprintln!(
+                "capstan-agent: unknown profile {profile:?} (known: {})",
+                schema::profile_names().join(", ")
+            );
+            return EXIT_ERROR;
+        }
+        print!("{}", schema::product_section_xml(profile));
+    } else if markdown {
+        print!("{}", schema::markdown());
+    } else if json {
+        println!("{}", schema_json());
+    } else {
+        for s in schema::settings() {
+            println!("capstan.{:<28} {:<14} {}", s.path, s.kind.name(), s.default.unwrap_or(""));
+        }
+    }
+    EXIT_OK
+}
+
+/// The schema as JSON (`config schema --json`).
+pub fn schema_json() -> String {
+    let settings: Vec<serde_json::Value> = schema::settings()
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "path": s.path,
+                "key": format!("{}{}", schema::KEY_PREFIX, s.path),
+                "guestinfo": format!("guestinfo.{}{}", schema::KEY_PREFIX, s.path),
+                "type": s.kind.name(),
+                "accepts": s.kind.describe(),
+                "label": s.label,
+                "description": s.description,
+                "default": s.default,
+                "profile_defaults": s.profile_defaults.iter().map(|(p, v)| (p.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+                "category": s.category,
+                "user_configurable": s.user_configurable,
+                "secret": s.secret,
+                "profiles": match s.applies { schema::Applies::All => None, schema::Applies::Profiles(p) => Some(p) },
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "version": schema::VERSION,
+        "nic_slots": schema::NIC_SLOTS,
+        "settings": settings,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// `capstan-agent config check FILE`: exit 0 when every value is valid.
+pub fn config_check(file: &Path) -> i32 {
+    let flat = match schema::read_toml_file(file, "file") {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            eprintln!("capstan-agent: {}: no such file", file.display());
+            return EXIT_ERROR;
+        }
+        Err(e) => {
+            eprintln!("capstan-agent: {}", chain(&e));
+            return EXIT_ERROR;
+        }
+    };
+    let n = flat.len();
+    let config = Config::from_flat(&flat.into_iter().collect(), false);
+    if config.errors.is_empty() {
+        println!("{}: {n} settings, all valid", file.display());
+        EXIT_OK
+    } else {
+        for e in &config.errors {
+            eprintln!("{}: {}: {}", file.display(), e.path, e.reason);
+        }
+        EXIT_ERROR
+    }
+}
+
+/// `capstan-agent render --root DIR`: the files the configuration produces, nothing started.
+pub fn render(src: &SourceArgs) -> i32 {
+    let Some(dir) = &src.root else {
+        eprintln!("capstan-agent: render needs --root DIR");
+        return EXIT_ERROR;
+    };
+    let root = match open_root(Some(dir)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("capstan-agent: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let g = sources::gather(&source_options(src));
+    let mut failed = false;
+    for line in g.error_lines() {
+        eprintln!("capstan-agent: {line}");
+        failed = true;
+    }
+    let (plan, issues) = build_plan(&g);
+    for i in &issues {
+        if !g.error_lines().contains(&i.message) {
+            eprintln!("capstan-agent: {}", i.message);
+        }
+        failed = true;
+    }
+    let mut files: Vec<(PathBuf, String, u32)> = Vec::new();
+    for f in steps::network::render(&plan.network) {
+        files.push((PathBuf::from("/etc/systemd/network").join(&f.name), f.content, 0o644));
+    }
+    if let Some(s) = steps::timedns::render_resolved(&plan.dns) {
+        files.push(("/etc/systemd/resolved.conf.d/capstan.conf".into(), s, 0o644));
+    }
+    if let Some(ntp) = &plan.ntp {
+        if let Some(s) = steps::timedns::render_timesyncd(ntp) {
+            files.push(("/etc/systemd/timesyncd.conf.d/capstan.conf".into(), s, 0o644));
+        }
+    }
+    if let Some(lb) = &g.config.lb {
+        for f in crate::lb::render(lb) {
+            files.push((f.path, f.contents, f.mode));
+        }
+    }
+    for (path, contents, mode) in &files {
+        match root.write(path, contents.as_bytes(), FileOpts::mode(*mode)) {
+            Ok(_) => println!("{}", path.display()),
+            Err(e) => {
+                eprintln!("capstan-agent: {}", chain(&e));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        EXIT_STEP_FAILED
+    } else {
+        EXIT_OK
+    }
+}

@@ -1,0 +1,165 @@
+//! The `capstan-agent` commands. `main.rs` parses arguments and calls [`run`]; every command
+//! returns its exit code, and errors are printed once with their causes.
+
+mod cloudconfig;
+mod commands;
+pub mod plan;
+
+/// The building blocks the daemon reuses.
+pub mod commands_api {
+    pub use super::commands::{
+        apply_gathered, apply_once, human_status, schema_json, source_options,
+    };
+}
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use commands::{config_check, firstboot, render, status};
+
+/// Exit code: every step succeeded or was skipped.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: bad usage, an unreadable file, or an invalid configuration (`config check`).
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: at least one step failed (the others still ran).
+pub const EXIT_STEP_FAILED: i32 = 2;
+
+/// The Capstan node agent.
+#[derive(Debug, Parser)]
+#[command(name = "capstan-agent", version, about)]
+pub struct Cli {
+    /// Log format: `text` (default on a terminal), `plain` (default otherwise: no colours or
+    /// timestamps, for journald) or `json`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human, with colours.
+    Text,
+    /// One line per event, no colours, no timestamps (journald adds them).
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where sources are read from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Apply everything under DIR instead of `/` (files only; live effects are skipped).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Read the OVF environment from FILE (an ovf-env.xml or an ISO image) instead of the
+    /// `OVF ENV` CD-ROM.
+    #[arg(long, value_name = "FILE")]
+    pub ovf_env: Option<PathBuf>,
+    /// Read guestinfo keys from files in DIR (`DIR/guestinfo.metadata` or `DIR/metadata`).
+    #[arg(long, value_name = "DIR")]
+    pub guestinfo_dir: Option<PathBuf>,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configure this node from its sources (the oneshot unit before systemd-networkd).
+    Firstboot {
+        /// Sources.
+        #[command(flatten)]
+        src: SourceArgs,
+        /// Under --root, also run bootcmd/runcmd (on the host, in DIR).
+        #[arg(long)]
+        run_commands: bool,
+        /// Under --root, also overwrite consumed secrets in the guestinfo transport.
+        #[arg(long)]
+        scrub: bool,
+    },
+    /// Show what the last first boot applied, from which source, and how long each step took.
+    Status {
+        /// Read state under DIR.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configuration schema and files.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Write every file the configuration would produce under DIR, without starting anything.
+    Render {
+        /// Sources (`--root` is required).
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// The daemon: status socket, instance-id watch, role.
+    Run(crate::daemon::RunArgs),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the schema.
+    Schema {
+        /// As JSON.
+        #[arg(long, group = "fmt")]
+        json: bool,
+        /// As the OVF ProductSection of a profile.
+        #[arg(long, group = "fmt")]
+        ovf: bool,
+        /// As the Markdown reference page.
+        #[arg(long, group = "fmt")]
+        markdown: bool,
+        /// Profile for --ovf (`node` or `lb`).
+        #[arg(long, default_value = "node")]
+        profile: String,
+    },
+    /// Check a TOML configuration file (baked-defaults format).
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// Sets up tracing on stderr.
+pub fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Plain
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Plain => builder.with_ansi(false).without_time().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> i32 {
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Firstboot { src, run_commands, scrub } => firstboot(&src, run_commands, scrub),
+        Command::Status { root, json } => status(root.as_deref(), json),
+        Command::Config { command } => match command {
+            ConfigCommand::Schema { json, ovf, markdown, profile } => {
+                commands::config_schema(json, ovf, markdown, &profile)
+            }
+            ConfigCommand::Check { file } => config_check(&file),
+        },
+        Command::Render { src } => render(&src),
+        Command::Run(args) => crate::daemon::main(args),
+    }
+}

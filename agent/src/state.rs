@@ -1,0 +1,219 @@
+//! What the agent applied, persisted under `/var/lib/capstan/` (inside the root), keyed by
+//! instance-id:
+//!
+//! - `/var/lib/capstan/instance-id`: the instance-id of the last completed first boot;
+//! - `/var/lib/capstan/instances/<instance-id>/status.json`: the [`Status`] of the last run
+//!   for that instance (sources, values with their origins, refused values, step records).
+//!
+//! Written atomically through the rooted filesystem handle, mode 0600 (it names where secrets
+//! came from, never their values). The image seal removes `/var/lib/capstan`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::root::{FileOpts, Root, RootError};
+use crate::schema::{self, Origin};
+use crate::sources::{Gathered, SourceReport};
+use crate::steps::{StepRecord, StepStatus};
+
+/// The state directory, inside the root.
+pub const STATE_DIR: &str = "/var/lib/capstan";
+
+/// One resolved setting as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueRecord {
+    /// Schema path.
+    pub path: String,
+    /// The value, or `<secret>` for secrets.
+    pub value: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// A source as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// Name.
+    pub name: String,
+    /// Where it was read.
+    pub location: String,
+    /// How many settings it gave.
+    pub values: usize,
+}
+
+impl From<&SourceReport> for SourceRecord {
+    fn from(s: &SourceReport) -> Self {
+        Self { name: s.name.clone(), location: s.location.clone(), values: s.values }
+    }
+}
+
+/// The outcome of one `firstboot` (or a re-run by the daemon).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Schema version of the configuration.
+    pub schema_version: u32,
+    /// The instance-id.
+    pub instance_id: String,
+    /// Where the instance-id came from.
+    pub instance_id_origin: Origin,
+    /// True when this run was for an instance-id not seen before.
+    pub new_instance: bool,
+    /// Seconds since the epoch when the run started.
+    pub started_at: u64,
+    /// Wall time of the whole run in milliseconds.
+    pub duration_ms: u64,
+    /// Role.
+    pub role: String,
+    /// Where the network configuration came from.
+    pub network_source: String,
+    /// Sources that were present.
+    pub sources: Vec<SourceRecord>,
+    /// Every resolved setting with its origin (secrets redacted).
+    pub values: Vec<ValueRecord>,
+    /// Refused values, one line each, naming the source and key.
+    pub errors: Vec<String>,
+    /// Step records, in order.
+    pub steps: Vec<StepRecord>,
+    /// `ok` when every step is ok or skipped, else `failed`.
+    pub result: String,
+    /// Once-per-instance steps that have succeeded for this instance, over all runs.
+    #[serde(default)]
+    pub done: BTreeSet<String>,
+}
+
+impl Status {
+    /// Builds the status of a run from what was gathered and the step records.
+    pub fn new(
+        g: &Gathered,
+        new_instance: bool,
+        started_at: u64,
+        duration_ms: u64,
+        steps: Vec<StepRecord>,
+        extra_errors: Vec<String>,
+    ) -> Self {
+        let values = g
+            .flat
+            .iter()
+            .map(|(path, v)| ValueRecord {
+                path: path.clone(),
+                value: if schema::lookup(path).is_some_and(|s| s.secret) {
+                    "<secret>".into()
+                } else {
+                    v.value.chars().take(200).collect()
+                },
+                origin: v.origin.clone(),
+            })
+            .collect();
+        let failed = steps.iter().any(|s| s.status == StepStatus::Failed);
+        let mut errors = g.error_lines();
+        errors.extend(extra_errors);
+        Status {
+            schema_version: schema::VERSION,
+            instance_id: g.instance_id.to_string(),
+            instance_id_origin: g.instance_id_origin.clone(),
+            new_instance,
+            started_at,
+            duration_ms,
+            role: serde_json::to_value(g.config.role)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            network_source: serde_json::to_value(&g.config.network_source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            sources: g.sources.iter().map(SourceRecord::from).collect(),
+            values,
+            errors,
+            steps,
+            result: if failed { "failed" } else { "ok" }.into(),
+            done: BTreeSet::new(),
+        }
+    }
+
+    /// True when a step failed.
+    pub fn failed(&self) -> bool {
+        self.result != "ok"
+    }
+}
+
+/// Errors reading or writing state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The filesystem refused.
+    #[error("state")]
+    Root(#[from] RootError),
+    /// A state file is not what we wrote.
+    #[error("state file {path} is corrupt")]
+    Corrupt {
+        /// Which file.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The state store inside a root.
+#[derive(Debug, Clone)]
+pub struct State {
+    root: Root,
+}
+
+impl State {
+    /// The store for `root`.
+    pub fn new(root: Root) -> Self {
+        Self { root }
+    }
+
+    fn instance_dir(id: &str) -> PathBuf {
+        PathBuf::from(STATE_DIR).join("instances").join(id)
+    }
+
+    /// The instance-id of the last completed run, if any.
+    pub fn current_instance(&self) -> Result<Option<String>, StateError> {
+        Ok(self
+            .root
+            .read_string(PathBuf::from(STATE_DIR).join("instance-id"))?
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty()))
+    }
+
+    /// The last status recorded for `instance_id`.
+    pub fn load(&self, instance_id: &str) -> Result<Option<Status>, StateError> {
+        let path = Self::instance_dir(instance_id).join("status.json");
+        match self.root.read(&path)? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source }),
+        }
+    }
+
+    /// The status of the current instance.
+    pub fn load_current(&self) -> Result<Option<Status>, StateError> {
+        match self.current_instance()? {
+            Some(id) => self.load(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a run: the status file first, then the current instance-id (the completion
+    /// marker), each written atomically.
+    pub fn save(&self, status: &Status) -> Result<(), StateError> {
+        let mut json = serde_json::to_vec_pretty(status)
+            .map_err(|source| StateError::Corrupt { path: "status".into(), source })?;
+        json.push(b'\n');
+        let dir = Self::instance_dir(&status.instance_id);
+        self.root.write(dir.join("status.json"), &json, FileOpts::mode(0o600))?;
+        self.root.write(
+            PathBuf::from(STATE_DIR).join("instance-id"),
+            format!("{}\n", status.instance_id).as_bytes(),
+            FileOpts::mode(0o644),
+        )?;
+        Ok(())
+    }
+}
