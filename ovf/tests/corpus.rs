@@ -132,6 +132,8 @@ fn negatives_never_panic_and_rejections_say_where() {
                 let diags = validate(&env, &Options::strict());
                 if diags.iter().any(|d| d.severity == Severity::Error) {
                     rejected += 1;
+                } else {
+                    eprintln!("accepted negative: {}", path.display());
                 }
                 for d in &diags {
                     assert!(!d.message.is_empty());

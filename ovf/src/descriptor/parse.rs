@@ -173,7 +173,16 @@ struct Cx<'a> {
 impl Cx<'_> {
     /// `true` when `e` is OVF element `local`.
     fn is(&self, e: &Element, local: &str) -> bool {
-        e.name.local == local && e.name.ns.as_deref().unwrap_or("") == self.ovf
+        e.name.local == local && self.is_ovf_ns(e)
+    }
+
+    /// OVF elements are in the document's OVF namespace, or in no namespace: ovftool-era
+    /// documents declare only `xmlns:ovf` and write `<References>`, `<Section>`, `<Info>` bare.
+    fn is_ovf_ns(&self, e: &Element) -> bool {
+        match e.name.ns.as_deref() {
+            None => e.name.prefix.is_none(),
+            Some(ns) => ns == self.ovf,
+        }
     }
 
     /// Removes and returns OVF attribute `local`: in the document's namespace, unprefixed as
@@ -304,7 +313,7 @@ impl Cx<'_> {
 
     /// The section kind of `e`: its OVF local name, or the `xsi:type` of a 0.9 `<Section>`.
     fn section_kind<'e>(&self, e: &'e Element) -> Option<&'e str> {
-        if e.name.ns.as_deref().unwrap_or("") != self.ovf {
+        if !self.is_ovf_ns(e) {
             return None;
         }
         if e.name.local == "Section" {

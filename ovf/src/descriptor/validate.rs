@@ -354,7 +354,7 @@ impl V<'_> {
                      vSphere ignores it"
                         .into(),
                 ),
-                Section::Other(_) => {}
+                Section::Other(e) => self.stray(e),
             }
         }
         for disk in env.disks() {
@@ -382,7 +382,7 @@ impl V<'_> {
             if matches!(
                 t.name.local.as_str(),
                 "VirtualSystem" | "VirtualSystemCollection" | "Content"
-            ) && t.name.ns.as_deref() == Some(env.ovf_ns.as_str())
+            ) && (t.name.ns.is_none() || t.name.ns.as_deref() == Some(env.ovf_ns.as_str()))
             {
                 self.error(
                     t.line,
@@ -553,7 +553,8 @@ impl V<'_> {
                     }
                     self.product(p, cx);
                 }
-                Section::Annotation(_) | Section::Eula(_) | Section::Other(_) => {}
+                Section::Other(e) => self.stray(e),
+                Section::Annotation(_) | Section::Eula(_) => {}
             }
         }
         match c {
@@ -577,7 +578,57 @@ impl V<'_> {
         }
     }
 
+    /// An element kept verbatim that looks like OVF but could not be read as such.
+    fn stray(&mut self, e: &Element) {
+        const CORE: &[&str] = &[
+            "References",
+            "DiskSection",
+            "NetworkSection",
+            "DeploymentOptionSection",
+            "VirtualSystem",
+            "VirtualSystemCollection",
+            "OperatingSystemSection",
+            "VirtualHardwareSection",
+            "ProductSection",
+            "AnnotationSection",
+            "EulaSection",
+        ];
+        let ovf = self.env.ovf_ns.as_str();
+        match e.name.ns.as_deref() {
+            // VMware writes OVF 2 sections (ovf2:PlacementGroupSection) into 1.x documents;
+            // a core element of the document's own version in another namespace is a mix-up.
+            Some(ns @ (OVF_NS | OVF2_NS | OVF09_NS))
+                if ns != ovf && CORE.contains(&e.name.local.as_str()) =>
+            {
+                self.error(
+                    e.line,
+                    &e.name.local,
+                    format!("is in OVF namespace {ns:?} but the Envelope is in {ovf:?}"),
+                )
+            }
+            ns if (ns.is_none() || ns == Some(ovf))
+                && matches!(e.name.local.as_str(), "Content" | "Section")
+                && e.attr(Some(XSI_NS), "type").is_none() =>
+            {
+                self.error(
+                    e.line,
+                    &e.name.local,
+                    "has no xsi:type (in the XML Schema instance namespace) naming what it is"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+    }
+
     fn hardware(&mut self, h: &VirtualHardwareSection, cx: &RefCx) {
+        if h.items.is_empty() {
+            self.warn(
+                h.extra.line,
+                "VirtualHardwareSection",
+                "has no Items (no CPU, memory or devices)".into(),
+            );
+        }
         if let Some(t) = &h.transport {
             for tr in t.split_whitespace() {
                 if !TRANSPORTS.contains(&tr) {
@@ -1082,9 +1133,13 @@ pub fn check_value(ty: PropertyType, q: &Qualifiers, v: &str) -> Result<(), Stri
 }
 
 /// Compares each `File`'s `ovf:size` with the real size from `size_of(href)`; `None` from the
-/// lookup means the file is missing. Compressed and chunked files are skipped (their size on
+/// lookup means the file is missing (an error only when `require_present`). Compressed and chunked files are skipped (their size on
 /// disk is not the transfer size).
-pub fn check_file_sizes(env: &Envelope, size_of: impl Fn(&str) -> Option<u64>) -> Vec<Diagnostic> {
+pub fn check_file_sizes(
+    env: &Envelope,
+    size_of: impl Fn(&str) -> Option<u64>,
+    require_present: bool,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for f in env.files() {
         if f.compression.is_some() || f.chunk_size.is_some() {
@@ -1092,6 +1147,7 @@ pub fn check_file_sizes(env: &Envelope, size_of: impl Fn(&str) -> Option<u64>) -
         }
         let line = f.extra.line.0;
         match (size_of(&f.href), f.size) {
+            (None, _) if !require_present => {}
             (None, _) => out.push(Diagnostic {
                 severity: Severity::Error,
                 line,
@@ -1114,14 +1170,15 @@ pub fn check_file_sizes(env: &Envelope, size_of: impl Fn(&str) -> Option<u64>) -
 }
 
 /// [`check_file_sizes`] against files next to the descriptor in `dir`.
-pub fn check_files_in_dir(env: &Envelope, dir: &Path) -> Vec<Diagnostic> {
-    check_file_sizes(env, |href| {
+pub fn check_files_in_dir(env: &Envelope, dir: &Path, require_present: bool) -> Vec<Diagnostic> {
+    let lookup = |href: &str| {
         // Only plain relative paths; URLs and escapes are reported by `validate`.
         if href.contains("://") || href.split(['/', '\\']).any(|c| c == "..") {
             return None;
         }
         std::fs::metadata(dir.join(href)).ok().filter(|m| m.is_file()).map(|m| m.len())
-    })
+    };
+    check_file_sizes(env, lookup, require_present)
 }
 
 #[cfg(test)]
