@@ -56,6 +56,7 @@ fn failing_readyz_leaves_rotation_within_fall_and_returns_after_rise() -> anyhow
     let took = t0.elapsed();
     assert!(left, "{victim_name} still in rotation after {took:?}");
     assert!(took <= budget, "{victim_name} left rotation after {took:?}, budget {budget:?}");
+    eprintln!("{victim_name} left rotation in {took:?}");
     let (seen, errs) = sample(&lab, 30);
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(seen.get(&victim_name), None, "unhealthy backend still got traffic: {seen:?}");
@@ -71,7 +72,7 @@ fn failing_readyz_leaves_rotation_within_fall_and_returns_after_rise() -> anyhow
     let (seen, errs) = sample(&lab, 30);
     assert!(errs.is_empty(), "{errs:?}");
     assert!(seen.get(&victim_name).copied().unwrap_or(0) >= 5, "{seen:?}");
-    eprintln!("left rotation in {took:?}");
+    eprintln!("{victim_name} back in rotation in {took:?}");
     Ok(())
 }
 

@@ -263,12 +263,17 @@ pub async fn https_request(
         }
         req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         tls.write_all(req.as_bytes()).await.context("write")?;
-        tls.write_all(body).await.context("write body")?;
-        tls.flush().await?;
+        // A server may answer (413) and close before the whole body is sent: read the answer.
+        let wrote = async {
+            tls.write_all(body).await?;
+            tls.flush().await
+        }
+        .await;
         let mut buf = Vec::new();
         // A server that answers early (413) may reset the rest; keep what was read.
         let r = tls.read_to_end(&mut buf).await;
         if buf.is_empty() {
+            wrote.context("write body")?;
             r.context("read")?;
             bail!("empty response");
         }
@@ -815,4 +820,42 @@ pub fn sample(lab: &Lab, n: usize) -> (std::collections::BTreeMap<String, u64>, 
             (seen, errs)
         })
         .expect("sampling timed out")
+}
+
+impl Lab {
+    /// The role's status on LB `h`, gathered inside its namespace.
+    pub fn status(&self, h: u8, settings: &LbSettings) -> capstan_agent::lb::LbStatus {
+        let node = self.lb(h);
+        let (s, p) = (settings.clone(), node.paths.clone());
+        node.thread
+            .run(Duration::from_secs(10), async move {
+                tokio::task::spawn_blocking(move || capstan_agent::lb::status(&s, &p))
+                    .await
+                    .expect("status task")
+            })
+            .expect("status timed out")
+    }
+
+    /// Calls the API of LB `h` with a given client TLS config and raw body.
+    pub fn api_raw(
+        &self,
+        h: u8,
+        cfg: Arc<rustls::ClientConfig>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let addr = SocketAddr::new(IpAddr::V4(ip(h)), API_PORT);
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let headers: Vec<(String, String)> =
+            headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let (status, text) = self.client().run(Duration::from_secs(15), async move {
+            let h: Vec<(&str, &str)> =
+                headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            https_request(cfg, addr, &method, &path, &h, &body, Duration::from_secs(10)).await
+        })??;
+        let v = serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::String(text));
+        Ok((status, v))
+    }
 }
