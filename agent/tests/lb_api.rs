@@ -156,7 +156,9 @@ fn bad_input_gets_4xx_and_changes_nothing() -> anyhow::Result<()> {
     let dup = format!("{}:6443", ip(BACKENDS[0]));
     let unknown = format!("{}:7000", ip(BACKENDS[2]));
     let huge = format!("{{\"backends\":[{}]}}", vec!["\"10.77.0.21:6443\""; 8000].join(","));
-    let cases: Vec<(&str, String, String, Option<&str>, u16, Option<&str>)> = vec![
+    // (method, path, body, token, expected status, expected error field)
+    type Case<'a> = (&'a str, String, String, Option<&'a str>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/backends".into(),

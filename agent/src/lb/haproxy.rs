@@ -60,11 +60,8 @@ pub fn slot_name(i: usize) -> String {
 }
 
 fn addr(a: &SocketAddr) -> String {
-    // HAProxy takes IPv6 addresses without brackets, with the port after the last colon.
-    match a {
-        SocketAddr::V4(v) => v.to_string(),
-        SocketAddr::V6(v) => format!("{}:{}", v.ip(), v.port()),
-    }
+    // IPv6 in brackets (`[fd00::1]:6443`): HAProxy accepts it and it cannot be misread.
+    a.to_string()
 }
 
 impl HaproxyConfig {

@@ -55,6 +55,9 @@ impl KeepalivedConfig {
         let _ = writeln!(o, "    router_id {}", self.node_label);
         o.push_str("    script_user root\n");
         o.push_str("    enable_script_security\n");
+        // The interface may appear after keepalived starts (boot order, renamed NICs); this
+        // also lets `keepalived -t` check a file rendered on another host.
+        o.push_str("    dynamic_interfaces\n");
         // Announce the VIP at once and again after 5 s (switches that missed the first GARP).
         o.push_str("    vrrp_garp_master_delay 5\n");
         o.push_str("    vrrp_garp_master_repeat 3\n");
