@@ -7,8 +7,13 @@ use super::{profile, settings, Kind, Setting, KEY_PREFIX, PROFILES};
 pub use ovf::descriptor::builder::ProductProperty;
 use ovf::descriptor::PropertyType;
 
-fn ovf_type(kind: &Kind) -> (PropertyType, Option<String>) {
+fn ovf_type(kind: &Kind, has_default: bool) -> (PropertyType, Option<String>) {
     match kind {
+        // vSphere's wizard insists on a number for an integer property; one with no default
+        // must be allowed to stay empty (unset), so it is a short string instead.
+        Kind::Int { max, .. } if !has_default => {
+            (PropertyType::String, Some(format!("MinLen(0),MaxLen({})", max.to_string().len())))
+        }
         Kind::Bool => (PropertyType::Boolean, None),
         Kind::Int { min, max } => {
             let ty = if *max <= u64::from(u8::MAX) {
@@ -46,7 +51,7 @@ fn ovf_type(kind: &Kind) -> (PropertyType, Option<String>) {
 }
 
 fn property(s: &Setting, profile_name: &str, nic: Option<&str>) -> ProductProperty {
-    let (ty, qualifiers) = ovf_type(&s.kind);
+    let (ty, qualifiers) = ovf_type(&s.kind, s.default_for(profile_name).is_some());
     let (path, label) = match nic {
         Some(n) => (s.path_for(n), format!("{n}: {}", s.label)),
         None => (s.path.to_owned(), s.label.to_owned()),
