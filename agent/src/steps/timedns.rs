@@ -118,14 +118,30 @@ pub(crate) fn converge(
     }
 }
 
+/// Live only: restarts a unit whose drop-in changed, if it runs (`try-reload-or-restart`
+/// leaves a stopped unit stopped). Returns what to add to the step's detail.
+fn reload(ctx: &Ctx<'_>, unit: &str, did: &str) -> String {
+    if !ctx.live() || did.ends_with("unchanged") || did == "nothing to configure" {
+        return did.to_owned();
+    }
+    match std::process::Command::new("systemctl").args(["try-reload-or-restart", unit]).output() {
+        Ok(o) if o.status.success() => format!("{did}; {unit} reloaded"),
+        _ => format!("{did}; {unit} not reloaded (systemd not reachable)"),
+    }
+}
+
 pub(crate) fn dns(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     let r = converge(ctx, RESOLVED, render_resolved(&ctx.plan.dns))?;
-    Ok(Outcome::Ok(r))
+    if r == "nothing to configure" {
+        return Ok(Outcome::Skipped("no global DNS given".into()));
+    }
+    Ok(Outcome::Ok(reload(ctx, "systemd-resolved", &r)))
 }
 
 pub(crate) fn ntp(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     let Some(ntp) = &ctx.plan.ntp else {
         return Ok(Outcome::Skipped("no ntp settings; timesyncd defaults apply".into()));
     };
-    Ok(Outcome::Ok(converge(ctx, TIMESYNCD, render_timesyncd(ntp))?))
+    let r = converge(ctx, TIMESYNCD, render_timesyncd(ntp))?;
+    Ok(Outcome::Ok(reload(ctx, "systemd-timesyncd", &r)))
 }
