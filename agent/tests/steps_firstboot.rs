@@ -383,3 +383,41 @@ fn vapp_network_and_global_dns() {
         "no rename, no .link"
     );
 }
+
+#[test]
+fn sudoers_drop_in_is_visudo_valid_and_bad_rules_are_refused() {
+    let visudo = Path::new("/usr/sbin/visudo");
+    assert!(visudo.exists(), "visudo is missing: install the `sudo` package (scripts/setup)");
+    let t = skeleton();
+    let root = Root::new(t.path()).unwrap();
+    let recs = steps::run(
+        &root,
+        &full_plan(),
+        Mode::Rooted { run_commands: false },
+        &PerInstance::fresh(),
+    );
+    assert_eq!(by_name(&recs)["users"].status, StepStatus::Ok);
+    let out = std::process::Command::new(visudo)
+        .args(["-c", "-f"])
+        .arg(t.path().join("etc/sudoers.d/90-capstan-users"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "visudo: {}", String::from_utf8_lossy(&out.stderr));
+
+    // a rule visudo rejects fails the step before the drop-in is written
+    let t = skeleton();
+    let root = Root::new(t.path()).unwrap();
+    let mut u = User::new("bad");
+    u.sudo = vec!["ALL=(ALL NOPASSWD ALL".into()];
+    let plan = Plan { users: vec![u], ..Plan::default() };
+    let recs =
+        steps::run(&root, &plan, Mode::Rooted { run_commands: false }, &PerInstance::fresh());
+    let r = &by_name(&recs)["users"];
+    assert_eq!(r.status, StepStatus::Failed);
+    assert!(r.error.as_deref().unwrap().contains("visudo rejects it"), "{r:?}");
+    assert!(!t.path().join("etc/sudoers.d/90-capstan-users").exists());
+    assert!(
+        !read(t.path(), "/etc/passwd").contains("bad:"),
+        "account created despite the refused rule"
+    );
+}

@@ -396,6 +396,11 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
             )));
         }
     }
+    let sudo = render_sudoers(&plan.users);
+    if let Some(text) = &sudo {
+        check_sudoers(text)
+            .map_err(|e| StepError::msg(format!("{SUDOERS}: {e}; no account changed")))?;
+    }
     let mut db = Accounts::load(root).map_err(|e| StepError::wrap("read account files", e))?;
     for g in &plan.groups {
         db.ensure_group(&g.name, false, None)
@@ -460,10 +465,6 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
                 .map_err(|e| StepError::wrap(format!("user {}: write {path}", u.name), e))?;
             keys += u.ssh_authorized_keys.len();
         }
-    }
-    let sudo = render_sudoers(&plan.users);
-    if let Some(text) = &sudo {
-        check_sudoers(text).map_err(|e| StepError::msg(format!("{SUDOERS}: {e}; not written")))?;
     }
     let sudo_did = super::timedns::converge(ctx, SUDOERS, sudo.clone())?;
     // sudoers must be 0440 to be read by sudo
