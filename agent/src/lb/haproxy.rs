@@ -149,12 +149,51 @@ impl HaproxyConfig {
         o.push_str("    http-request deny\n");
         o
     }
+}
 
-    /// The file with every slot empty: two configs with the same structure differ only in
-    /// their slots, which the runtime API changes without a reload.
-    pub fn structure(&self) -> String {
-        let mut c = self.clone();
-        c.slots = vec![Slot::Empty; c.slots.len()];
-        c.render()
+/// Whether going from the rendered file `old` to `new` needs a reload: true unless they differ
+/// only in their server slot lines, which the runtime API changes in place.
+pub fn needs_reload(old: &str, new: &str) -> bool {
+    fn structure(s: &str) -> impl Iterator<Item = &str> {
+        s.lines().filter(|l| !l.trim_start().starts_with("server s"))
+    }
+    !structure(old).eq(structure(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::settings::HealthCheck;
+
+    fn cfg(slots: Vec<Slot>, health: HealthCheck) -> HaproxyConfig {
+        let mut all = slots;
+        all.resize(SLOTS, Slot::Empty);
+        HaproxyConfig {
+            admin_socket: "/run/haproxy/admin.sock".into(),
+            frontend: "10.0.0.100:6443".parse().unwrap(),
+            metrics: "0.0.0.0:8404".parse().unwrap(),
+            health,
+            slots: all,
+        }
+    }
+
+    #[test]
+    fn slot_changes_need_no_reload_structure_changes_do() {
+        let b = |s: &str| Slot::Backend { backend: s.parse().unwrap(), drain: false };
+        let a = cfg(vec![b("10.0.0.1:6443")], HealthCheck::default()).render();
+        let c = cfg(vec![b("10.0.0.2:6443"), b("10.0.0.3:6443")], HealthCheck::default()).render();
+        assert!(!needs_reload(&a, &c));
+        let h = HealthCheck { rise: 5, ..HealthCheck::default() };
+        let d = cfg(vec![b("10.0.0.1:6443")], h).render();
+        assert!(needs_reload(&a, &d));
+        assert!(needs_reload(&a, ""));
+    }
+
+    #[test]
+    fn every_slot_is_rendered_once() {
+        let text = cfg(vec![], HealthCheck::default()).render();
+        for i in 0..SLOTS {
+            assert_eq!(text.matches(&format!("    server {} ", slot_name(i))).count(), 1);
+        }
     }
 }

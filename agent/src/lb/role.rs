@@ -293,16 +293,8 @@ pub async fn run_role(
     let tools = opts.tools.clone();
     let haproxy_changed =
         install_checked(&p.haproxy_cfg, &hcfg.render(), 0o644, |f| check_haproxy(&tools, f))?;
-    let structure_changed = old_structure.is_none_or(|old| {
-        // Compare structure: the slots change at run time without a reload.
-        let strip = |s: &str| {
-            s.lines()
-                .filter(|l| !l.trim_start().starts_with("server s"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        strip(&old) != strip(&hcfg.render())
-    });
+    let structure_changed =
+        old_structure.is_none_or(|old| super::haproxy::needs_reload(&old, &hcfg.render()));
     let kcfg = keepalived_config(&settings, &p, &opts.node_label).render();
     let keepalived_changed =
         install_checked(&p.keepalived_conf, &kcfg, 0o600, |f| check_keepalived(&tools, f))?;
@@ -439,6 +431,11 @@ pub async fn run_role(
                 }
                 match wait_ready(&rt, Duration::from_secs(10), haproxy.as_mut()).await {
                     Ok(()) => {
+                        // haproxy.cfg is rewritten after each change, but in the background:
+                        // replay the set in case the crash came before the rewrite.
+                        if let Err(e) = ctl.sync_all().await {
+                            tracing::error!(error = %api::crate_chain(&e), "could not sync restarted HAProxy");
+                        }
                         write_track(&p, true);
                         tracing::info!("HAProxy is back; rejoining as backup");
                     }
