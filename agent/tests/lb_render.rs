@@ -113,3 +113,22 @@ fn checkers_refuse_broken_files() {
     let e = check_keepalived(&Tools::default(), &k).unwrap_err().to_string();
     assert!(e.contains("refused"), "{e}");
 }
+
+#[test]
+fn track_script_follows_the_haproxy_pid() {
+    // Run the rendered check command the way keepalived does: alive pid passes, dead fails.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("haproxy.pid");
+    let files = render(&settings(&[]));
+    let conf = &files.iter().find(|f| f.path.ends_with("keepalived.conf")).unwrap().contents;
+    let line = conf.lines().find(|l| l.trim_start().starts_with("script ")).unwrap();
+    let cmd = line.trim().trim_start_matches("script ").trim_matches('"');
+    let inner = cmd.split_once("-c '").unwrap().1.trim_end_matches('\'');
+    let inner = inner.replace("/run/haproxy.pid", pidfile.to_str().unwrap());
+    let run = || std::process::Command::new("/bin/sh").arg("-c").arg(&inner).status().unwrap().success();
+    assert!(!run(), "no pid file must fail");
+    std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
+    assert!(run(), "a live pid must pass");
+    std::fs::write(&pidfile, "999999999\n").unwrap();
+    assert!(!run(), "a dead pid must fail");
+}

@@ -31,6 +31,9 @@ fn traffic_reaches_all_healthy_backends() -> anyhow::Result<()> {
         assert!(n >= 10, "backend {name} got {n} of 60 requests: {seen:?}");
     }
     assert_eq!(seen.values().sum::<u64>(), 60);
+    // keepalived's own HAProxy check (the backstop when the agent is down) passes.
+    let log = std::fs::read_to_string(lab.lb(holder).dir.join("keepalived.log"))?;
+    assert!(log.contains("Script(haproxy_alive) succeeded"), "track script never passed:\n{log}");
     Ok(())
 }
 

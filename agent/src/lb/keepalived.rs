@@ -9,7 +9,7 @@
 //! - a `vrrp_track_file` the agent writes (`0` healthy, `1` failed): the agent sees its HAProxy
 //!   exit at once, keepalived reads the file through inotify, so the node goes to FAULT and
 //!   releases the VIP (sending a priority-0 advert, which makes the peer take over at once);
-//! - a `vrrp_script` that checks HAProxy's master pid every second, for when the agent itself is
+//! - a `vrrp_script` that checks HAProxy's master pid every second (shell builtins only), for when the agent itself is
 //!   down.
 
 use std::fmt::Write as _;
@@ -39,8 +39,6 @@ pub struct KeepalivedConfig {
     pub track_file: PathBuf,
     /// HAProxy master pid file, checked by the script.
     pub haproxy_pidfile: PathBuf,
-    /// `pkill` binary used by the check script.
-    pub pkill: PathBuf,
 }
 
 /// Name of the VRRP instance.
@@ -69,10 +67,10 @@ impl KeepalivedConfig {
         o.push_str("    init_file 1\n");
         o.push_str("}\n\n");
         o.push_str("vrrp_script haproxy_alive {\n");
+        // Shell builtins only (read, kill): nothing beyond the base system is needed.
         let _ = writeln!(
             o,
-            "    script \"{} -0 -F {}\"",
-            self.pkill.display(),
+            "    script \"/bin/sh -c 'read pid < {} && kill -0 $pid'\"",
             self.haproxy_pidfile.display()
         );
         o.push_str("    interval 1\n");

@@ -172,7 +172,6 @@ pub fn keepalived_config(
         secret: settings.vrrp.secret.clone(),
         track_file: paths.track_file.clone(),
         haproxy_pidfile: paths.haproxy_pid.clone(),
-        pkill: "/usr/bin/pkill".into(),
     }
 }
 

@@ -29,7 +29,7 @@ pub fn ip(host: u8) -> Ipv4Addr {
 
 /// Fails with a clear message when a tool the test needs is missing.
 pub fn require_tools() {
-    for t in ["/usr/sbin/haproxy", "/usr/sbin/keepalived", "/usr/bin/pkill"] {
+    for t in ["/usr/sbin/haproxy", "/usr/sbin/keepalived", "/usr/bin/pgrep"] {
         assert!(
             std::path::Path::new(t).exists(),
             "{t} is missing: install the Debian packages haproxy keepalived procps (scripts/setup)"
