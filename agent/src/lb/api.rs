@@ -103,9 +103,9 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn change_response(r: Result<(), ApplyError>, ctl: &Controller, ok: StatusCode) -> Resp {
+async fn change_response(r: Result<(), ApplyError>, ctl: &Controller, ok: StatusCode) -> Resp {
     match r {
-        Ok(()) => reply(ok, ctl.listing()),
+        Ok(()) => reply(ok, ctl.listing().await),
         Err(ApplyError::Change(e)) => {
             let status = match e {
                 super::state::ChangeError::Duplicate(_) => StatusCode::CONFLICT,
@@ -164,10 +164,19 @@ async fn handle(
     auth: Arc<Auth>,
     has_cert: bool,
 ) -> Resp {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("api", method = %req.method(), path = %req.uri().path());
+    handle_in_span(req, ctl, auth, has_cert).instrument(span).await
+}
+
+async fn handle_in_span(
+    req: Request<Incoming>,
+    ctl: Arc<Controller>,
+    auth: Arc<Auth>,
+    has_cert: bool,
+) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("api", %method, %path);
-    let _g = span.enter();
     // Authenticate before reading anything else.
     let token_ok = match (&auth.token, req.headers().get(hyper::header::AUTHORIZATION)) {
         (Some(t), Some(h)) => h
@@ -211,7 +220,7 @@ async fn handle(
     let rest = path.strip_prefix("/v1/backends");
     let started = Instant::now();
     let resp = match (rest, &method) {
-        (Some(""), &Method::GET) => reply(StatusCode::OK, ctl.listing()),
+        (Some(""), &Method::GET) => reply(StatusCode::OK, ctl.listing().await),
         (Some(""), &Method::PUT) => {
             let body = match read_body(req.into_body()).await {
                 Ok(b) => b,
@@ -238,7 +247,7 @@ async fn handle(
                     )
                 }
             };
-            change_response(ctl.replace(list).await, &ctl, StatusCode::OK)
+            change_response(ctl.replace(list).await, &ctl, StatusCode::OK).await
         }
         (Some(""), &Method::POST) => {
             let body = match read_body(req.into_body()).await {
@@ -250,7 +259,7 @@ async fn handle(
                 Err(r) => return *r,
             };
             match parse_backend("address", &parsed.address) {
-                Ok(b) => change_response(ctl.add(b).await, &ctl, StatusCode::CREATED),
+                Ok(b) => change_response(ctl.add(b).await, &ctl, StatusCode::CREATED).await,
                 Err(r) => *r,
             }
         }
@@ -271,9 +280,11 @@ async fn handle(
                 Err(r) => return *r,
             };
             match (action, m) {
-                ("", &Method::DELETE) => change_response(ctl.remove(b).await, &ctl, StatusCode::OK),
+                ("", &Method::DELETE) => {
+                    change_response(ctl.remove(b).await, &ctl, StatusCode::OK).await
+                }
                 ("drain", &Method::POST) => {
-                    change_response(ctl.drain(b).await, &ctl, StatusCode::OK)
+                    change_response(ctl.drain(b).await, &ctl, StatusCode::OK).await
                 }
                 _ => error(
                     StatusCode::METHOD_NOT_ALLOWED,

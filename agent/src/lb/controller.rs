@@ -76,9 +76,10 @@ impl Controller {
     }
 
     /// The set as JSON, with HAProxy's view of each backend when the socket answers.
-    pub fn listing(&self) -> serde_json::Value {
+    pub async fn listing(&self) -> serde_json::Value {
         let set = self.snapshot();
-        let stats = self.runtime.servers().ok();
+        let rt = self.runtime.clone();
+        let stats = tokio::task::spawn_blocking(move || rt.servers().ok()).await.ok().flatten();
         let backends: Vec<_> = set
             .entries()
             .into_iter()

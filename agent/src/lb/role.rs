@@ -336,8 +336,12 @@ pub async fn run_role(
                 tracing::error!(error = %api::crate_chain(&e), "could not sync HAProxy to the backend set");
             }
             write_track(&p, true);
-            let verb = if keepalived_changed { "restart" } else { "start" };
-            systemctl(&[verb, "keepalived.service"]).await?;
+            // A changed file is re-read with SIGHUP (reload): the VIP stays where it is.
+            if keepalived_changed && pid_alive(&p.keepalived_pids[0]) {
+                systemctl(&["reload", "keepalived.service"]).await?;
+            } else {
+                systemctl(&["start", "keepalived.service"]).await?;
+            }
             (None, None)
         }
     };
