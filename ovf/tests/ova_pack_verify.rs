@@ -88,7 +88,7 @@ fn tar_list(path: &Path) -> Vec<String> {
 fn pack_orders_members_fills_sizes_and_verifies() {
     let fx = fixture();
     // The disk is given explicitly, notes.txt is found next to the descriptor.
-    let ova_path = pack_to(&fx, &[fx.disk.clone()], "node.ova");
+    let ova_path = pack_to(&fx, std::slice::from_ref(&fx.disk), "node.ova");
     assert_eq!(tar_list(&ova_path), ["node.ovf", "node.mf", "node-disk1.vmdk", "notes.txt"]);
 
     let report = ova::verify_path(&ova_path).unwrap();

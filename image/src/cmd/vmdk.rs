@@ -33,7 +33,7 @@ pub struct ConvertArgs {
     /// `ddb.virtualHWVersion` written in the VMDK descriptor.
     #[arg(long, default_value_t = 4)]
     pub hw_version: u32,
-    /// zlib compression level, 1 (fastest) to 9 (smallest).
+    /// Compression level, 1 (fastest) to 12 (smallest); zlib-compatible output at every level.
     #[arg(long, default_value_t = WriteOptions::default().compression_level)]
     pub level: u32,
     /// Compression threads (0 = one per CPU).
