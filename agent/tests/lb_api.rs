@@ -376,3 +376,50 @@ fn client_certificate_authenticates_without_token() -> anyhow::Result<()> {
     assert_eq!(st, 401, "{v}");
     Ok(())
 }
+
+#[test]
+fn persisted_set_is_restored_at_start_and_wins_over_config() -> anyhow::Result<()> {
+    let mut lab = Lab::new("p")?;
+    let configured = format!("{}:6443", ip(BACKENDS[0]));
+    let s1 = lab.lb_settings(LB1, 150, &configured, ("https:/readyz", 500, 2, 2));
+    lab.start_lb(LB1, s1.clone())?;
+    let b2 = format!("{}:6443", ip(BACKENDS[1]));
+    let b3 = format!("{}:6444", ip(BACKENDS[2]));
+    for (m, p, body) in [
+        ("POST", "/v1/backends".to_string(), json!({ "address": b2 }).to_string()),
+        ("POST", "/v1/backends".to_string(), json!({ "address": b3 }).to_string()),
+        ("POST", format!("/v1/backends/{b2}/drain"), String::new()),
+        ("DELETE", format!("/v1/backends/{configured}"), String::new()),
+    ] {
+        let (st, v) = lab.api(LB1, m, &p, &body, Some(TOKEN))?;
+        assert!(st == 200 || st == 201, "{m} {p}: {st} {v}");
+    }
+    let mut before = listing(&lab, LB1);
+    before.sort();
+    assert_eq!(before, vec![(b2.clone(), "drain".into()), (b3.clone(), "ready".into())]);
+
+    // Restart the role (HAProxy and keepalived stop with it) with the same settings: the
+    // persisted set, not lb.backends, is what comes back — in the API and in HAProxy.
+    lab.stop_lb(LB1);
+    lab.start_lb(LB1, s1.clone())?;
+    lab.wait_single_holder(Duration::from_secs(10))?;
+    let mut after = listing(&lab, LB1);
+    after.sort();
+    assert_eq!(after, before, "restored set differs");
+    let (seen, errs) = sample(&lab, 20);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec![b3.clone()],
+        "only the ready backend serves: {seen:?}"
+    );
+
+    // An unreadable persisted file is moved aside and the configured backends are served.
+    lab.stop_lb(LB1);
+    let file = lab.dir.path().join(format!("lb{LB1}")).join("state/backends.json");
+    std::fs::write(&file, "{\"version\":1,\"backends\":[{\"address\":\"garbage\"")?;
+    lab.start_lb(LB1, s1)?;
+    assert_eq!(listing(&lab, LB1), vec![(configured.clone(), "ready".to_string())]);
+    assert!(file.with_extension("json.corrupt").exists(), "corrupt file not kept aside");
+    Ok(())
+}

@@ -130,8 +130,8 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "lb.api.key",
         default: None,
-        secret: true,
-        help: "PEM private key of the API server; generated when unset",
+        secret: false,
+        help: "Path of the PEM private key of the API server (the path, not the key); generated when unset",
     },
     KeySpec {
         key: "lb.metrics.listen",
@@ -860,5 +860,33 @@ mod tests {
         assert_eq!(s.health.interval, Duration::from_millis(500));
         assert_eq!(s.vrrp.peers, vec![Ipv4Addr::new(10, 0, 0, 12)]);
         assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_for_any_key_is_parsed_or_refused_by_name(key_i in 0usize..KEYS.len(), v in "\\PC{0,40}") {
+            let key = KEYS[key_i].key;
+            let mut m: BTreeMap<&'static str, String> =
+                base().into_iter().map(|(k, v)| (k, v.to_string())).collect();
+            m.insert(key, v.clone());
+            match LbSettings::from_flat(|k| m.get(k).map(String::as_str)) {
+                Ok(s) => proptest::prop_assert!(s.validate().is_ok()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    proptest::prop_assert!(msg.contains(key), "{key}: {msg}");
+                    if KEYS[key_i].secret && v.len() > 3 {
+                        proptest::prop_assert!(!msg.contains(&v), "secret echoed: {msg}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn rendered_backends_roundtrip(a in proptest::array::uniform4(0u8..=255), port in 1u16..) {
+            let text = format!("{}.{}.{}.{}:{port}", a[0], a[1], a[2], a[3]);
+            if let Ok(b) = text.parse::<Backend>() {
+                proptest::prop_assert_eq!(b.to_string(), text);
+            }
+        }
     }
 }
