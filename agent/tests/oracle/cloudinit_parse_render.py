@@ -22,11 +22,14 @@ def main():
     if ud.startswith("## template: jinja"):
         ud = ud.split("\n", 1)[1]
         hostname = md.get("local-hostname")
+        # cloud-init's instance data carries both spellings of hyphenated keys
+        meta = dict(md)
+        meta.update({k.replace("-", "_"): v for k, v in md.items()})
         ud = templater.render_string(
             ud,
             {
                 "local_hostname": hostname,
-                "ds": {"meta_data": md},
+                "ds": {"meta_data": meta},
                 "v1": {"local_hostname": hostname, "instance_id": md.get("instance-id")},
             },
         )
@@ -34,7 +37,9 @@ def main():
     validate_cloudconfig_schema(cfg, get_schema())
     files = 0
     for f in cfg.get("write_files", []):
-        cc_write_files.extract_contents(f.get("content", ""), f.get("encoding"))
+        cc_write_files.extract_contents(
+            f.get("content", ""), cc_write_files.canonicalize_extraction(f.get("encoding"))
+        )
         cc_write_files.decode_perms(f.get("permissions"), 0o644)
         files += 1
     ns = network_state.parse_net_config_data(md["network"])
