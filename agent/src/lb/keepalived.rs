@@ -37,6 +37,9 @@ pub struct KeepalivedConfig {
     pub secret: VrrpSecret,
     /// File the agent writes with HAProxy's state (`0` healthy).
     pub track_file: PathBuf,
+    /// File keepalived's notify scripts write the instance state to (`MASTER`, `BACKUP`,
+    /// `FAULT`, `STOP`), read by `status`.
+    pub state_file: PathBuf,
     /// HAProxy master pid file, checked by the script.
     pub haproxy_pidfile: PathBuf,
 }
@@ -99,6 +102,19 @@ impl KeepalivedConfig {
         o.push_str("    virtual_ipaddress {\n");
         let _ = writeln!(o, "        {} dev {}", self.vip, self.interface);
         o.push_str("    }\n");
+        // Record each transition for `capstan-agent status` (and the tests).
+        for (hook, state) in [
+            ("notify_master", "MASTER"),
+            ("notify_backup", "BACKUP"),
+            ("notify_fault", "FAULT"),
+            ("notify_stop", "STOP"),
+        ] {
+            let _ = writeln!(
+                o,
+                "    {hook} \"/bin/sh -c 'echo {state} > {}'\"",
+                self.state_file.display()
+            );
+        }
         o.push_str("    track_file {\n");
         o.push_str("        haproxy_state\n");
         o.push_str("    }\n");

@@ -70,6 +70,8 @@ pub struct LbPaths {
     pub keepalived_pids: [PathBuf; 3],
     /// The file the agent writes with HAProxy's health for keepalived (`0` healthy).
     pub track_file: PathBuf,
+    /// keepalived's VRRP state as its notify scripts last wrote it.
+    pub vrrp_state_file: PathBuf,
     /// Persistent state (backends.json, generated API certificate).
     pub state_dir: PathBuf,
     /// systemd drop-in directory (`/etc/systemd/system`).
@@ -90,6 +92,7 @@ impl LbPaths {
                 "/run/keepalived_checkers.pid".into(),
             ],
             track_file: "/run/capstan/lb/haproxy.state".into(),
+            vrrp_state_file: "/run/capstan/lb/vrrp.state".into(),
             state_dir: "/var/lib/capstan/lb".into(),
             systemd_dir: "/etc/systemd/system".into(),
         }
@@ -108,6 +111,7 @@ impl LbPaths {
                 dir.join("checkers.pid"),
             ],
             track_file: dir.join("haproxy.state"),
+            vrrp_state_file: dir.join("vrrp.state"),
             state_dir: dir.join("state"),
             systemd_dir: dir.join("systemd"),
         }
@@ -171,6 +175,7 @@ pub fn keepalived_config(
         peers: settings.vrrp.peers.clone(),
         secret: settings.vrrp.secret.clone(),
         track_file: paths.track_file.clone(),
+        state_file: paths.vrrp_state_file.clone(),
         haproxy_pidfile: paths.haproxy_pid.clone(),
     }
 }
@@ -312,14 +317,16 @@ pub fn check_rendered(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VrrpState {
-    /// Holds the VIP.
+    /// Holds the VIP (as keepalived reports it).
     Master,
     /// Ready to take over.
     Backup,
     /// HAProxy is down here: will not take the VIP.
     Fault,
-    /// keepalived is not running.
+    /// keepalived is not running (or stopping).
     Stopped,
+    /// keepalived runs but has not reported a state yet.
+    Starting,
 }
 
 /// One backend in `status`.
@@ -377,14 +384,25 @@ pub fn status(settings: &LbSettings, paths: &LbPaths) -> LbStatus {
     });
     let haproxy_running = pid_alive(&paths.haproxy_pid);
     let keepalived_running = pid_alive(&paths.keepalived_pids[0]);
-    let track_fault =
-        std::fs::read_to_string(&paths.track_file).map(|s| s.trim() != "0").unwrap_or(true);
-    let vrrp = match (keepalived_running, holds, track_fault || !haproxy_running) {
-        (false, _, _) => VrrpState::Stopped,
-        (true, true, _) => VrrpState::Master,
-        (true, false, true) => VrrpState::Fault,
-        (true, false, false) => VrrpState::Backup,
+    let reported = std::fs::read_to_string(&paths.vrrp_state_file).unwrap_or_default();
+    let vrrp = if !keepalived_running {
+        VrrpState::Stopped
+    } else {
+        match reported.trim() {
+            "MASTER" => VrrpState::Master,
+            "BACKUP" => VrrpState::Backup,
+            "FAULT" => VrrpState::Fault,
+            "STOP" => VrrpState::Stopped,
+            // No transition yet: keepalived starts in BACKUP (or FAULT, if HAProxy is down).
+            _ => VrrpState::Starting,
+        }
     };
+    if vrrp == VrrpState::Master && !holds {
+        errors.push(format!(
+            "keepalived reports MASTER but {} is not on {}",
+            settings.vip.addr, settings.interface
+        ));
+    }
     let set = match DesiredSet::load(&paths.backends_file()) {
         Ok(Some(s)) => s,
         Ok(None) => DesiredSet::from_list(&settings.backends),

@@ -319,6 +319,7 @@ pub async fn run_role(
             let mut h = spawn_haproxy(&opts, log_dir)?;
             wait_ready(&rt, Duration::from_secs(10), Some(&mut h)).await?;
             write_track(&p, true);
+            let _ = std::fs::remove_file(&p.vrrp_state_file);
             let k = spawn_keepalived(&opts, log_dir)?;
             (Some(h), Some(k))
         }
