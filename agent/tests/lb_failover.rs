@@ -117,3 +117,44 @@ fn killing_active_haproxy_moves_vip_within_2s_and_old_active_rejoins_as_backup(
     );
     Ok(())
 }
+
+#[test]
+fn stopping_the_active_role_hands_the_vip_over_at_once() -> anyhow::Result<()> {
+    // Agent shutdown (reboot, upgrade) stops keepalived first: it sends a priority-0 advert and
+    // the peer takes the VIP without waiting for three missed adverts.
+    let mut lab = Lab::new("s")?;
+    let backends = format!("{}:6443", ip(BACKENDS[0]));
+    let s1 = lab.lb_settings(LB1, 150, &backends, ("tcp", 500, 2, 2));
+    let s2 = lab.lb_settings(LB2, 100, &backends, ("tcp", 500, 2, 2));
+    lab.start_lb(LB1, s1.clone())?;
+    lab.start_lb(LB2, s2.clone())?;
+    let active = lab.wait_single_holder(Duration::from_secs(10))?;
+    let standby = if active == LB1 { LB2 } else { LB1 };
+    let ss = if standby == LB1 { &s1 } else { &s2 };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.status(standby, ss).vrrp != VrrpState::Backup {
+        assert!(Instant::now() < deadline, "standby never became backup");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t0 = Instant::now();
+    lab.stop_lb(active);
+    let stopped = t0.elapsed();
+    let start = Instant::now();
+    loop {
+        let h = lab.vip_holders();
+        assert!(h.len() <= 1, "two holders: {h:?}");
+        if h == [standby] {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "VIP not taken over");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t0.elapsed();
+    eprintln!("role stopped in {stopped:?}; VIP on lb{standby} {took:?} after the stop began");
+    // Less than the 3 × advert_int + skew (≈3.6 s) a silent peer would cost.
+    assert!(took < Duration::from_secs(3), "handover took {took:?}");
+    let (seen, errs) = sample(&lab, 10);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(seen.values().sum::<u64>(), 10);
+    Ok(())
+}
