@@ -17,6 +17,7 @@
 //! The writer re-declares namespaces where an element needs them, so any tree (parsed or built)
 //! serializes to a document that reads back to the same tree.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use quick_xml::events::{BytesStart, Event};
@@ -555,7 +556,8 @@ fn open_element(
 pub fn write_document(root: &Element) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let mut scope: Vec<(Option<String>, String)> = vec![(Some("xml".into()), XML_NS.into())];
-    write_element(&mut out, root, &mut scope, 0, true);
+    let reserved = unbound_prefixes(root);
+    write_element(&mut out, root, &mut scope, &reserved, 0, true);
     out.push('\n');
     out
 }
@@ -564,7 +566,25 @@ pub fn write_document(root: &Element) -> String {
 pub fn write_fragment(elem: &Element) -> String {
     let mut out = String::new();
     let mut scope: Vec<(Option<String>, String)> = vec![(Some("xml".into()), XML_NS.into())];
-    write_element(&mut out, elem, &mut scope, 0, true);
+    let reserved = unbound_prefixes(elem);
+    write_element(&mut out, elem, &mut scope, &reserved, 0, true);
+    out
+}
+
+/// Prefixes used without a declaration (kept as written by the lenient reader). The writer
+/// never declares them, so such a name cannot become bound on the way back in.
+fn unbound_prefixes(e: &Element) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        let names = std::iter::once(&e.name).chain(e.attrs.iter().map(|a| &a.name));
+        for n in names {
+            if let (None, Some(p)) = (&n.ns, &n.prefix) {
+                out.insert(p.clone());
+            }
+        }
+        stack.extend(e.elements());
+    }
     out
 }
 
@@ -581,15 +601,19 @@ fn prefix_for<'a>(scope: &'a [(Option<String>, String)], uri: &str) -> Option<&'
 }
 
 /// Picks a prefix to declare for `uri`: the preferred one when free, else a fresh one.
-fn fresh_prefix(scope: &[(Option<String>, String)], preferred: Option<&str>) -> String {
+fn fresh_prefix(
+    scope: &[(Option<String>, String)],
+    preferred: Option<&str>,
+    reserved: &HashSet<String>,
+) -> String {
     if let Some(p) = preferred {
-        if p != "xml" && p != "xmlns" && bound(scope, Some(p)).is_none() {
+        if p != "xml" && p != "xmlns" && bound(scope, Some(p)).is_none() && !reserved.contains(p) {
             return p.to_string();
         }
     }
     (0..)
         .map(|i| format!("ns{i}"))
-        .find(|p| bound(scope, Some(p)).is_none())
+        .find(|p| bound(scope, Some(p)).is_none() && !reserved.contains(p))
         .unwrap_or_else(|| "nsx".into())
 }
 
@@ -597,6 +621,7 @@ fn write_element(
     out: &mut String,
     elem: &Element,
     scope: &mut Vec<(Option<String>, String)>,
+    reserved: &HashSet<String>,
     depth: usize,
     pretty: bool,
 ) {
@@ -626,7 +651,7 @@ fn write_element(
                 scope.push((None, uri.clone()));
                 elem.name.local.clone()
             } else {
-                let p = fresh_prefix(scope, pref);
+                let p = fresh_prefix(scope, pref, reserved);
                 decls.push((Some(p.clone()), uri.clone()));
                 scope.push((Some(p.clone()), uri.clone()));
                 format!("{p}:{}", elem.name.local)
@@ -653,7 +678,7 @@ fn write_element(
                 } else if let Some(p) = prefix_for(scope, uri) {
                     format!("{p}:{}", a.name.local)
                 } else {
-                    let p = fresh_prefix(scope, pref);
+                    let p = fresh_prefix(scope, pref, reserved);
                     decls.push((Some(p.clone()), uri.clone()));
                     scope.push((Some(p.clone()), uri.clone()));
                     format!("{p}:{}", a.name.local)
@@ -698,7 +723,7 @@ fn write_element(
                     if child_pretty {
                         out.push('\n');
                     }
-                    write_element(out, e, scope, depth + 1, child_pretty);
+                    write_element(out, e, scope, reserved, depth + 1, child_pretty);
                 }
             }
         }
@@ -763,6 +788,15 @@ mod tests {
         let written = write_document(&root);
         let again = parse(&written, LIMIT).unwrap();
         assert_eq!(root, again, "{written}");
+    }
+
+    #[test]
+    fn undeclared_prefixes_stay_unbound() {
+        // `p:` is used undeclared; the writer must not bind `p` when it needs a prefix.
+        let mut root = parse(r#"<a p:x="1"><p:b/></a>"#, LIMIT).unwrap();
+        root.attrs.push(Attr { name: Name::new("urn:q", Some("p"), "y"), value: "2".into() });
+        let s = write_document(&root);
+        assert_eq!(parse(&s, LIMIT).unwrap(), root, "{s}");
     }
 
     #[test]

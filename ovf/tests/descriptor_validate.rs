@@ -323,3 +323,18 @@ fn size_is_settable_through_the_api() {
     assert_eq!(out.matches("ovf:size=").count(), 1, "{out}");
     assert_eq!(Envelope::parse(&out).unwrap().files()[0].size, Some(9));
 }
+
+#[test]
+fn undeclared_ovf_prefix_survives_a_round_trip() {
+    // Found by fuzzing: `xmlns:ovf` mangled, so every `ovf:` attribute is an undeclared
+    // prefix; the writer must not bind `ovf` where the source left it unbound.
+    let xml = r#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" vowxmlns:ovf="x">
+  <References><File ovf:href="a.vmdk" ovf:id="f"/></References>
+  <VirtualSystemCollection ovf:id="c"><Info>i</Info>
+    <RandomSection ovf:required="false"><Info ovf:msgid="m">t</Info></RandomSection>
+  </VirtualSystemCollection>
+</Envelope>"#;
+    let env = Envelope::parse(xml).unwrap();
+    let out = env.to_xml();
+    assert_eq!(Envelope::parse(&out).unwrap(), env, "{out}");
+}
