@@ -191,3 +191,46 @@ fn writes_a_document_vsphere_style_and_from_utf16() {
         [0xFF, 0xFE].into_iter().chain(xml.encode_utf16().flat_map(u16::to_le_bytes)).collect();
     assert_eq!(Environment::from_bytes(&utf16).unwrap(), env);
 }
+
+mod roundtrip {
+    use ovf::env::{Entity, Environment, EthernetAdapter, Platform, Property};
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 &<>\"'=;:/._\\-\u{e9}\n\t]{0,20}"
+    }
+
+    fn elem_text() -> impl Strategy<Value = Option<String>> {
+        // Element text is trimmed when read (vSphere pretty-prints the platform section).
+        proptest::option::of("[a-zA-Z0-9&<>., -]{0,12}".prop_map(|s| s.trim().to_string()))
+    }
+
+    prop_compose! {
+        fn environment()(
+            id in proptest::option::of(text()),
+            vc in proptest::option::of(text()),
+            platform in proptest::option::of((elem_text(), elem_text(), elem_text(), elem_text())),
+            props in proptest::collection::btree_map("[a-z][a-z0-9._-]{0,10}", text(), 0..8),
+            adapters in proptest::collection::vec(("[0-9a-f:]{17}", proptest::option::of(text()), proptest::option::of(any::<u32>())), 0..3),
+            entity in proptest::option::of(("[a-z]{1,8}", text())),
+        ) -> Environment {
+            Environment {
+                id,
+                vcenter_id: vc,
+                platform: platform.map(|(kind, version, vendor, locale)| Platform { kind, version, vendor, locale, timezone: None }),
+                properties: props.into_iter().map(|(key, value)| Property { key, value }).collect(),
+                ethernet_adapters: adapters.into_iter().map(|(mac, network, unit_number)| EthernetAdapter { mac, network, unit_number }).collect(),
+                entities: entity.into_iter().map(|(id, v)| Entity { id, properties: vec![Property { key: "k".into(), value: v }] }).collect(),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn write_then_parse_is_identity(env in environment()) {
+            let xml = env.to_xml();
+            let back = Environment::parse(&xml).map_err(|e| TestCaseError::fail(format!("{e}\n{xml}")))?;
+            prop_assert_eq!(back, env);
+        }
+    }
+}
