@@ -43,6 +43,8 @@ pub enum Slot {
 pub struct HaproxyConfig {
     /// Runtime API socket (admin level, also passes listeners for hitless reloads).
     pub admin_socket: PathBuf,
+    /// User and group the workers drop to (the master stays root to bind and reload).
+    pub run_as: Option<String>,
     /// The control-plane frontend (VIP:port). Bound `transparent` so the standby can bind it
     /// before it holds the VIP.
     pub frontend: SocketAddr,
@@ -84,6 +86,10 @@ impl HaproxyConfig {
         );
         o.push_str("    stats timeout 30s\n");
         o.push_str("    maxconn 8000\n");
+        if let Some(u) = &self.run_as {
+            let _ = writeln!(o, "    user {u}");
+            let _ = writeln!(o, "    group {u}");
+        }
         o.push('\n');
         o.push_str("defaults\n");
         o.push_str("    mode tcp\n");
@@ -170,6 +176,7 @@ mod tests {
         all.resize(SLOTS, Slot::Empty);
         HaproxyConfig {
             admin_socket: "/run/haproxy/admin.sock".into(),
+            run_as: Some("haproxy".into()),
             frontend: "10.0.0.100:6443".parse().unwrap(),
             metrics: "0.0.0.0:8404".parse().unwrap(),
             health,

@@ -153,6 +153,8 @@ pub fn haproxy_config(settings: &LbSettings, paths: &LbPaths, set: &DesiredSet) 
     debug_assert_eq!(set.slots().len(), SLOTS);
     HaproxyConfig {
         admin_socket: paths.admin_socket.clone(),
+        // The Debian package creates the user.
+        run_as: Some("haproxy".into()),
         frontend: SocketAddr::new(IpAddr::V4(settings.vip.addr), settings.port.0),
         metrics: settings.metrics_listen,
         health: settings.health.clone(),
