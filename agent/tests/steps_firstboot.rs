@@ -181,7 +181,8 @@ fn full_capv_input_renders_golden_files() {
     assert!(mid.trim().bytes().all(|c| c.is_ascii_hexdigit()));
     assert!(!b.join("etc/ssh/ssh_host_rsa_key").exists(), "template key removed");
     assert_eq!(mode(b, "/etc/ssh/ssh_host_ed25519_key").0, 0o600);
-    assert_eq!(mode(b, "/etc/ssh/ssh_host_ecdsa_key.pub").0, 0o644);
+    assert_eq!(mode(b, "/etc/ssh/ssh_host_ed25519_key.pub").0, 0o644);
+    assert!(!b.join("etc/ssh/ssh_host_ecdsa_key").exists(), "ed25519 only by default");
     assert!(read(b, "/etc/ssh/ssh_host_ed25519_key.pub").starts_with("ssh-ed25519 "));
     let out = std::process::Command::new("ssh-keygen")
         .arg("-l")
@@ -420,4 +421,47 @@ fn sudoers_drop_in_is_visudo_valid_and_bad_rules_are_refused() {
         !read(t.path(), "/etc/passwd").contains("bad:"),
         "account created despite the refused rule"
     );
+}
+
+#[test]
+fn all_host_key_types_and_a_failing_keygen() {
+    use capstan_agent::steps::HostKeyType;
+    let t = skeleton();
+    let root = Root::new(t.path()).unwrap();
+    let plan = Plan {
+        ssh_host_key_types: vec![HostKeyType::Ed25519, HostKeyType::Ecdsa, HostKeyType::Rsa],
+        ..Plan::default()
+    };
+    let recs =
+        steps::run(&root, &plan, Mode::Rooted { run_commands: false }, &PerInstance::fresh());
+    assert_eq!(by_name(&recs)["ssh-host-keys"].status, StepStatus::Ok, "{recs:?}");
+    for (t_, prefix) in
+        [("ed25519", "ssh-ed25519 "), ("ecdsa", "ecdsa-sha2-nistp256 "), ("rsa", "ssh-rsa ")]
+    {
+        assert!(read(t.path(), &format!("/etc/ssh/ssh_host_{t_}_key.pub")).starts_with(prefix));
+        assert_eq!(mode(t.path(), &format!("/etc/ssh/ssh_host_{t_}_key")).0, 0o600);
+    }
+    let names = root.list("/etc/ssh").unwrap();
+    assert!(!names.iter().any(|n| n.starts_with(".capstan-keygen")), "temp keys left: {names:?}");
+    let rsa = read(t.path(), "/etc/ssh/ssh_host_rsa_key.pub");
+
+    // /etc/ssh not writable as a directory for ssh-keygen: a file in its place makes it fail,
+    // and the existing keys stay
+    let t2 = skeleton();
+    let root2 = Root::new(t2.path()).unwrap();
+    fs::create_dir(t2.path().join(
+        "etc/ssh/.capstan-keygen-ed25519-".to_string() + &std::process::id().to_string() + ".pub",
+    ))
+    .unwrap();
+    let plan = Plan { ssh_host_key_types: vec![HostKeyType::Ed25519], ..Plan::default() };
+    let recs =
+        steps::run(&root2, &plan, Mode::Rooted { run_commands: false }, &PerInstance::fresh());
+    let r = &by_name(&recs)["ssh-host-keys"];
+    assert_eq!(r.status, StepStatus::Failed, "{r:?}");
+    assert_eq!(
+        read(t2.path(), "/etc/ssh/ssh_host_rsa_key"),
+        "OLD TEMPLATE KEY\n",
+        "old keys kept on failure"
+    );
+    assert!(!rsa.is_empty());
 }

@@ -358,6 +358,10 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         };
         out.push(rec);
     }
+    // one sync for all the steps' renames, before the caller records them as done
+    if let Err(e) = root.sync() {
+        tracing::error!("making the first-boot writes durable: {}", error_chain(&e));
+    }
     out
 }
 
