@@ -123,6 +123,12 @@ fn install_checked(
         path: path.into(),
         source,
     })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| StateError::Io {
+        op: "syncing",
+        path: dir.into(),
+        source,
+    })?;
     Ok(true)
 }
 
