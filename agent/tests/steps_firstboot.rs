@@ -379,6 +379,13 @@ fn vapp_network_and_global_dns() {
     );
     golden("resolved-capstan.conf", &read(t.path(), "/etc/systemd/resolved.conf.d/capstan.conf"));
     golden("hosts-template", &read(t.path(), "/etc/hosts"));
+
+    // the next instance has no network settings: our files go, the image's default applies
+    let plan = Plan { network: NetworkConfig::default(), ..plan };
+    let recs =
+        steps::run(&root, &plan, Mode::Rooted { run_commands: false }, &PerInstance::fresh());
+    assert!(by_name(&recs)["network"].detail.contains("removed 1 file(s)"), "{recs:?}");
+    assert_eq!(root.list("/etc/systemd/network").unwrap(), ["99-default.link"]);
     assert!(
         !t.path().join("etc/systemd/network/10-capstan-ens192.link").exists(),
         "no rename, no .link"

@@ -369,11 +369,6 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
 fn network_files(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     const DIR: &str = "/etc/systemd/network";
     let cfg = &ctx.plan.network;
-    if cfg.nics.is_empty() {
-        return Ok(Outcome::Skipped(
-            "no network configuration given; the image's default applies".into(),
-        ));
-    }
     cfg.validate("network")
         .map_err(|e| StepError::wrap("invalid network configuration, no file written", e))?;
     let files = network::render(cfg);
@@ -397,6 +392,17 @@ fn network_files(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
                 .map_err(|e| StepError::wrap(format!("remove {DIR}/{name}"), e))?;
             removed += 1;
         }
+    }
+    if cfg.nics.is_empty() {
+        // a clone must not keep its predecessor's static addresses
+        return Ok(match removed {
+            0 => Outcome::Skipped(
+                "no network configuration given; the image's default applies".into(),
+            ),
+            n => Outcome::Ok(format!(
+                "no network configuration given; removed {n} file(s) of the previous instance"
+            )),
+        });
     }
     Ok(Outcome::Ok(format!(
         "{} NIC(s), {} file(s) rendered, {changed} written, {removed} stale removed",
