@@ -31,6 +31,24 @@ fn traffic_reaches_all_healthy_backends() -> anyhow::Result<()> {
         assert!(n >= 10, "backend {name} got {n} of 60 requests: {seen:?}");
     }
     assert_eq!(seen.values().sum::<u64>(), 60);
+    // The health frontend and the Prometheus exporter answer on the metrics listener.
+    let metrics = lab.client().run(Duration::from_secs(10), async move {
+        let mut out = Vec::new();
+        for path in ["/healthz", "/metrics", "/other"] {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut s = tokio::net::TcpStream::connect((ip(LB1), 8404)).await?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).await?;
+            out.push(buf);
+        }
+        anyhow::Ok(out)
+    })??;
+    let status = |r: &str| r.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    assert_eq!(status(&metrics[0]), "200", "/healthz: {:.200}", metrics[0]);
+    assert_eq!(status(&metrics[1]), "200", "/metrics: {:.200}", metrics[1]);
+    assert!(metrics[1].contains("haproxy_server_status"), "no server metrics in /metrics");
+    assert_eq!(status(&metrics[2]), "403", "other paths are denied: {:.200}", metrics[2]);
     // keepalived's own HAProxy check (the backstop when the agent is down) passes.
     let log = std::fs::read_to_string(lab.lb(holder).dir.join("keepalived.log"))?;
     assert!(log.contains("Script(haproxy_alive) succeeded"), "track script never passed:\n{log}");
