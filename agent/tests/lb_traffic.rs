@@ -18,10 +18,19 @@ fn traffic_reaches_all_healthy_backends() -> anyhow::Result<()> {
     let mut lab = Lab::new("t")?;
     let s1 = lab.lb_settings(LB1, 150, &all_backends(), ("https:/readyz", 500, 2, 2));
     let s2 = lab.lb_settings(LB2, 100, &all_backends(), ("https:/readyz", 500, 2, 2));
-    lab.start_lb(LB1, s1)?;
-    lab.start_lb(LB2, s2)?;
+    lab.start_lb(LB1, s1.clone())?;
+    lab.start_lb(LB2, s2.clone())?;
     let holder = lab.wait_single_holder(Duration::from_secs(10))?;
     eprintln!("VIP on lb{holder}");
+    // `status` as `capstan-agent status` shows it, from inside the holder's namespace.
+    let st = lab.status(holder, if holder == LB1 { &s1 } else { &s2 });
+    assert!(st.holds_vip && st.haproxy_running, "{st:?}");
+    assert!(st.errors.is_empty(), "{st:?}");
+    assert_eq!(st.backends.len(), 3, "{st:?}");
+    for b in &st.backends {
+        assert_eq!(b.state, "ready");
+        assert!(b.health.as_deref().is_some_and(|h| h.starts_with("UP")), "{b:?}");
+    }
     let (seen, errs) = sample(&lab, 60);
     assert!(errs.is_empty(), "failed requests: {errs:?}\n{}", lab.logs());
     for h in BACKENDS {
