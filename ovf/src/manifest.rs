@@ -259,6 +259,45 @@ impl Hasher {
     }
 }
 
+/// A `Write` that digests what passes through it: write a VMDK through it straight to disk
+/// and hand the digest to [`crate::ova::OvaFile::sha256`], saving the OVA's hashing pass.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    /// Wraps `inner`, digesting with `algorithm`.
+    pub fn new(inner: W, algorithm: Algorithm) -> Self {
+        HashingWriter { inner, hasher: Hasher::new(algorithm), written: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The inner writer, the digest and the byte count.
+    pub fn finish(self) -> (W, Vec<u8>, u64) {
+        (self.inner, self.hasher.finish(), self.written)
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Digests everything `reader` yields, streaming.
 pub fn digest<R: Read>(algorithm: Algorithm, mut reader: R) -> io::Result<Vec<u8>> {
     let mut h = Hasher::new(algorithm);
@@ -327,6 +366,17 @@ mod tests {
         assert!(matches!(e, ManifestError::Duplicate { line: 2, first: 1, .. }), "{e}");
         let e = Manifest::parse_bytes(b"SHA256(a)= x\n\xff").unwrap_err();
         assert_eq!(e, ManifestError::NotUtf8 { line: 2 });
+    }
+
+    #[test]
+    fn hashing_writer_digests_what_passes() {
+        use std::io::Write as _;
+        let mut w = HashingWriter::new(Vec::new(), Algorithm::Sha256);
+        w.write_all(b"te").unwrap();
+        w.write_all(b"st").unwrap();
+        let (inner, d, n) = w.finish();
+        assert_eq!((inner.as_slice(), n), (&b"test"[..], 4));
+        assert_eq!(hex::encode(d), A);
     }
 
     #[test]
