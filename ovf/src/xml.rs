@@ -484,6 +484,14 @@ fn lookup<'a>(scope: &'a [(Option<String>, String)], prefix: Option<&str>) -> Op
         .filter(|u| !u.is_empty())
 }
 
+/// A QName per XML Namespaces: `local` or `prefix:local`, no other colon.
+fn qname_ok(q: &str) -> bool {
+    match q.split_once(':') {
+        None => !q.is_empty(),
+        Some((p, l)) => !p.is_empty() && !l.is_empty() && !l.contains(':'),
+    }
+}
+
 fn split_qname(q: &str) -> (Option<&str>, &str) {
     match q.split_once(':') {
         Some((p, l)) if !p.is_empty() && !l.is_empty() => (Some(p), l),
@@ -499,6 +507,9 @@ fn open_element(
     let syntax = |message: String| XmlError::Syntax { line, message };
     let raw_name =
         std::str::from_utf8(start.name().as_ref()).map_err(|e| syntax(e.to_string()))?.to_string();
+    if !qname_ok(&raw_name) {
+        return Err(syntax(format!("element name {raw_name:?} is not a QName")));
+    }
     let mut decls = Vec::new();
     let mut raw_attrs = Vec::new();
     for attr in start.attributes().with_checks(true) {
@@ -509,9 +520,19 @@ fn open_element(
             .unescape_value()
             .map_err(|e| syntax(format!("in <{raw_name}> attribute {key}: {e}")))?
             .into_owned();
+        if !qname_ok(&key) {
+            return Err(syntax(format!("in <{raw_name}>: attribute name {key:?} is not a QName")));
+        }
         if key == "xmlns" {
             decls.push((None, value));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
+            // XML Namespaces 1.0: `xml` is fixed, `xmlns` reserved, prefixes cannot be undeclared.
+            let reserved = (p == "xml" && value != XML_NS) || p == "xmlns" || value == XMLNS_NS;
+            if reserved || value.is_empty() {
+                return Err(syntax(format!(
+                    "in <{raw_name}>: {key}={value:?} is not an allowed namespace declaration"
+                )));
+            }
             decls.push((Some(p.to_string()), value));
         } else {
             raw_attrs.push((key, value));
@@ -832,6 +853,12 @@ mod tests {
         assert!(parse("<a/><b/>", LIMIT).is_err());
         assert!(parse("", LIMIT).is_err());
         assert!(parse("<a x='1' x='2'/>", LIMIT).is_err());
+        assert!(parse("<a xmlns:p:q='u'/>", LIMIT).is_err());
+        assert!(parse("<a xmlns:xml='u'/>", LIMIT).is_err());
+        assert!(parse("<a xmlns:p=''/>", LIMIT).is_err());
+        assert!(parse("<a xmlns:xmlns='u'/>", LIMIT).is_err());
+        assert!(parse("<a:b:c/>", LIMIT).is_err());
+        assert!(parse("<a p:='1'/>", LIMIT).is_err());
     }
 
     #[test]
