@@ -5,7 +5,7 @@
 //! streams through `Read`/`Write`, so a 20 GiB disk never sits in memory.
 //!
 //! - [`descriptor`]: the `.ovf` envelope — typed model, parser, writer, builder, validation.
-//! - [`env`]: the OVF environment (`ovf-env.xml`) a vSphere guest receives.
+//! - [`env`](mod@env): the OVF environment (`ovf-env.xml`) a vSphere guest receives.
 //! - [`xml`]: the namespace-aware element tree both are built on; unknown content of a
 //!   descriptor is kept as [`xml::Element`]s so it survives a round trip.
 #![forbid(unsafe_code)]

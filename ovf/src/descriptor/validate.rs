@@ -1,6 +1,6 @@
 //! What vCenter and ovftool reject, found before an import fails halfway.
 //!
-//! [`validate`] returns every problem as a [`Diagnostic`] (severity, line, element, message)
+//! [`validate()`] returns every problem as a [`Diagnostic`] (severity, line, element, message)
 //! instead of stopping at the first. Errors are structural: a reference to something that does
 //! not exist, a duplicate id, a capacity that is not a number of bytes, a property default its
 //! own type rejects. Warnings are for what is well-formed OVF but not supported by vSphere (an
