@@ -1058,6 +1058,21 @@ mod tar {
         }
 
         #[test]
+        fn sizes_over_8_gib_get_a_pax_size_record() {
+            let big = 9u64 << 30;
+            let mut v = Vec::new();
+            write_header(&mut v, "disk.vmdk", big, 0).unwrap();
+            assert_eq!(v[156], b'x', "pax header first");
+            assert!(String::from_utf8_lossy(&v[512..1024]).contains(&format!("size={big}\n")));
+            let m = Reader::new(&v[..]).next_member().unwrap().unwrap();
+            assert_eq!((m.name.as_str(), m.size), ("disk.vmdk", big));
+            // At the ustar limit: a single plain header.
+            let mut v = Vec::new();
+            write_header(&mut v, "disk.vmdk", 0o77777777777, 0).unwrap();
+            assert_eq!((v.len(), v[156]), (512, b'0'));
+        }
+
+        #[test]
         fn base256_and_bad_checksum() {
             let mut f = [0u8; 12];
             f[0] = 0x80;
