@@ -862,7 +862,9 @@ impl V<'_> {
             if key.contains(char::is_whitespace) || key.contains(':') {
                 self.error(line, "Property", format!("key {key:?} contains whitespace or ':'"));
             } else if key.contains('.') {
-                self.unsupported(
+                // A warning even in strict mode: strict is about what vSphere rejects, and
+                // vSphere (and VMware's own appliances, `guestinfo.*`) use dotted keys.
+                self.warn(
                     line,
                     "Property",
                     format!("key {key:?} contains '.', which DSP0243 forbids in property keys (vSphere accepts it)"),
