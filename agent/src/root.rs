@@ -13,17 +13,21 @@
 //!
 //! Writes are atomic: a temp file in the same directory, written, mode and owner set, fsynced,
 //! then renamed over the target, so a crash leaves the old file or the new one, never a torn
-//! one. The renames themselves are made durable together by [`Root::sync`] (one `syncfs`)
-//! rather than by an fsync of the directory after each file: first boot writes dozens of files,
-//! the per-file directory fsyncs were half its run time, and a rename lost to a crash before
-//! the sync only means the step runs again — its completion is recorded after the sync.
+//! one. The renames are made durable by [`Root::sync`] at the end of a run, one fsync per
+//! directory written to, rather than a directory fsync after each file: first boot writes
+//! dozens of files into a few directories, the per-file directory fsyncs were half its run
+//! time, and a rename lost to a crash before the sync only means the step runs again (its
+//! completion is recorded after the sync). `syncfs` would be one call, but it also flushes
+//! every other process's dirty data on the filesystem.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How many symlinks one resolution may follow (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
@@ -93,6 +97,8 @@ impl Default for FileOpts {
 #[derive(Debug, Clone)]
 pub struct Root {
     base: PathBuf,
+    /// Directories with renames not yet made durable (see [`Root::sync`]).
+    dirty: Arc<Mutex<BTreeSet<PathBuf>>>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootError + 'a {
@@ -110,7 +116,7 @@ impl Root {
                 why: "root is not a directory",
             });
         }
-        Ok(Root { base })
+        Ok(Root { base, dirty: Arc::default() })
     }
 
     /// The host directory this root stands for.
@@ -187,16 +193,21 @@ impl Root {
         Ok(p)
     }
 
-    /// Makes every write so far durable, renames included: `syncfs` on the root's filesystem.
-    /// Call it before recording that the writes happened.
+    /// Makes every write so far durable, renames included: one fsync per directory written
+    /// to since the last call. Call it before recording that the writes happened.
     pub fn sync(&self) -> Result<(), RootError> {
-        use std::os::fd::AsRawFd;
-        let d = File::open(&self.base).map_err(io_err("open", &self.base))?;
-        nix::unistd::syncfs(d.as_raw_fd()).map_err(|e| RootError::Io {
-            op: "syncfs",
-            path: "/".into(),
-            source: e.into(),
-        })
+        let dirs = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in dirs {
+            let r = File::open(&d).and_then(|f| f.sync_all());
+            if let Err(e) = r {
+                return Err(RootError::Io {
+                    op: "fsync directory",
+                    path: self.guest_of(&d),
+                    source: e,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Reads a file; `Ok(None)` when it does not exist.
@@ -310,7 +321,9 @@ impl Root {
             f.set_permissions(fs::Permissions::from_mode(opts.mode))
                 .map_err(io_err("chmod", guest))?;
             f.sync_all().map_err(io_err("fsync", guest))?;
-            fs::rename(&tmp, &target).map_err(io_err("rename", guest))
+            fs::rename(&tmp, &target).map_err(io_err("rename", guest))?;
+            self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone());
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

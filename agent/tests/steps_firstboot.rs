@@ -191,6 +191,18 @@ fn full_capv_input_renders_golden_files() {
         .output()
         .unwrap();
     assert!(out.status.success(), "ssh-keygen cannot read the generated key");
+    // the in-process Ed25519 key: OpenSSH derives the same public key from the private file
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(b.join("etc/ssh/ssh_host_ed25519_key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen -y: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        read(b, "/etc/ssh/ssh_host_ed25519_key.pub").trim()
+    );
 }
 
 #[test]
@@ -412,6 +424,15 @@ fn sudoers_drop_in_is_visudo_valid_and_bad_rules_are_refused() {
         .unwrap();
     assert!(out.status.success(), "visudo: {}", String::from_utf8_lossy(&out.stderr));
 
+    // every rule that skips visudo is one visudo accepts
+    let mut u = User::new("known");
+    u.sudo = steps::users::KNOWN_GOOD_RULES.iter().map(|r| r.to_string()).collect();
+    let text = steps::users::render_sudoers(&[u]).unwrap();
+    let f = t.path().join("known-rules");
+    fs::write(&f, text).unwrap();
+    let out = std::process::Command::new(visudo).args(["-c", "-f"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "visudo: {}", String::from_utf8_lossy(&out.stderr));
+
     // a rule visudo rejects fails the step before the drop-in is written
     let t = skeleton();
     let root = Root::new(t.path()).unwrap();
@@ -457,10 +478,13 @@ fn all_host_key_types_and_a_failing_keygen() {
     let t2 = skeleton();
     let root2 = Root::new(t2.path()).unwrap();
     fs::create_dir(t2.path().join(
-        "etc/ssh/.capstan-keygen-ed25519-".to_string() + &std::process::id().to_string() + ".pub",
+        "etc/ssh/.capstan-keygen-ecdsa-".to_string() + &std::process::id().to_string() + ".pub",
     ))
     .unwrap();
-    let plan = Plan { ssh_host_key_types: vec![HostKeyType::Ed25519], ..Plan::default() };
+    let plan = Plan {
+        ssh_host_key_types: vec![HostKeyType::Ed25519, HostKeyType::Ecdsa],
+        ..Plan::default()
+    };
     let recs =
         steps::run(&root2, &plan, Mode::Rooted { run_commands: false }, &PerInstance::fresh());
     let r = &by_name(&recs)["ssh-host-keys"];

@@ -217,9 +217,16 @@ pub(crate) fn ssh_host_keys(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
             let _ = std::fs::remove_file(tmp.with_extension("pub"));
         }
     };
-    // One ssh-keygen per type, all started before any is waited for.
+    // Ed25519 in process; one ssh-keygen per other type, all started before any is waited for.
+    let mut ed25519 = None;
     let mut running = Vec::new();
     for t in types {
+        if *t == HostKeyType::Ed25519 {
+            let pair = super::sshkey::ed25519("")
+                .map_err(|e| StepError::wrap("generate the Ed25519 host key", e))?;
+            ed25519 = Some(pair);
+            continue;
+        }
         let tmp = dir.join(format!(".capstan-keygen-{}-{}", t.name(), std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let _ = std::fs::remove_file(tmp.with_extension("pub"));
@@ -272,6 +279,14 @@ pub(crate) fn ssh_host_keys(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
         }
     }
     let mut names = Vec::new();
+    if let Some((key, line)) = &ed25519 {
+        const KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+        root.write(KEY, key.as_bytes(), FileOpts::mode(0o600))
+            .map_err(|e| StepError::wrap(format!("write {KEY}"), e))?;
+        root.write(format!("{KEY}.pub"), line.as_bytes(), FileOpts::mode(0o644))
+            .map_err(|e| StepError::wrap(format!("write {KEY}.pub"), e))?;
+        names.push(KEY.to_string());
+    }
     for (tmp, dst) in &made {
         let pubtmp = tmp.with_extension("pub");
         let set = |p: &std::path::Path, mode| {
@@ -284,9 +299,11 @@ pub(crate) fn ssh_host_keys(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
         step.map_err(|e| StepError::wrap(format!("install {}", root.guest_of(dst)), e))?;
         names.push(root.guest_of(dst));
     }
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StepError::wrap("fsync /etc/ssh", e))?;
+    if !made.is_empty() {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StepError::wrap("fsync /etc/ssh", e))?;
+    }
     Ok(Outcome::Ok(format!("generated {}", names.join(", "))))
 }
 

@@ -27,6 +27,7 @@ pub mod files;
 pub mod identity;
 pub mod netlink;
 pub mod network;
+pub mod sshkey;
 pub mod timedns;
 pub mod users;
 
