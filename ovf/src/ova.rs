@@ -148,6 +148,15 @@ pub enum OvaError {
         /// Digest of the data (hex).
         actual: String,
     },
+    /// A `.vmdk` member that is not a sound streamOptimized VMDK.
+    #[error("member {name}: not a valid streamOptimized VMDK")]
+    Vmdk {
+        /// The member.
+        name: String,
+        /// What the VMDK reader found.
+        #[source]
+        source: crate::vmdk::VmdkError,
+    },
     /// A file the descriptor or the manifest lists that the archive lacks.
     #[error("member {name}: listed in the {listed_in} but missing from the archive")]
     Missing {
@@ -529,6 +538,14 @@ pub fn verify<R: Read>(input: R) -> Result<Report, OvaError> {
             None => None,
         };
         let mut hasher = algorithm.map(Hasher::new);
+        // A disk is also walked as a VMDK in the same pass (every grain inflated and checked),
+        // so a corrupt disk is caught even when its manifest line was computed over it.
+        let mut vmdk_result = Ok(());
+        if m.name.to_ascii_lowercase().ends_with(".vmdk") {
+            let mut member = MemberRead { ar: &mut ar, hasher: hasher.as_mut() };
+            vmdk_result =
+                crate::vmdk::StreamReader::new(&mut member).and_then(|r| r.check()).map(|_| ());
+        }
         loop {
             let n = ar.read_data(&mut buf)?;
             if n == 0 {
@@ -538,9 +555,20 @@ pub fn verify<R: Read>(input: R) -> Result<Report, OvaError> {
                 h.update(&buf[..n]);
             }
         }
+        // A digest mismatch (tampering) is the more precise report; then the disk's own error.
         if let Some(h) = hasher {
             let d = h.finish();
             check_digest(manifest.as_ref(), &m.name, |_| d.clone())?;
+        }
+        if let Err(source) = vmdk_result {
+            return Err(match source {
+                crate::vmdk::VmdkError::Read { source, .. }
+                    if source.get_ref().is_some_and(|e| e.is::<OvaError>()) =>
+                {
+                    *source.into_inner().expect("checked").downcast::<OvaError>().expect("checked")
+                }
+                source => OvaError::Vmdk { name: m.name, source },
+            });
         }
         seen.push(m.name.clone());
         members.push(MemberReport { name: m.name, size: m.size, checked_with: algorithm });
@@ -620,6 +648,22 @@ fn read_small<R: Read>(
         got += ar.read_data(&mut v[got..])?;
     }
     Ok(v)
+}
+
+/// The current member's data as a `Read`, digesting what is read.
+struct MemberRead<'a, R> {
+    ar: &'a mut tar::Reader<R>,
+    hasher: Option<&'a mut Hasher>,
+}
+
+impl<R: Read> Read for MemberRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.ar.read_data(buf).map_err(io::Error::other)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// A `Write` that counts.

@@ -211,7 +211,7 @@ fn custom_ova(
 fn simple_ovf(size: Option<u64>) -> String {
     let size = size.map(|s| format!(" ovf:size=\"{s}\"")).unwrap_or_default();
     format!(
-        r#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:id="f" ovf:href="disk.vmdk"{size}/></References><VirtualSystem ovf:id="v"><Info>x</Info></VirtualSystem></Envelope>"#
+        r#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:id="f" ovf:href="disk.img"{size}/></References><VirtualSystem ovf:id="v"><Info>x</Info></VirtualSystem></Envelope>"#
     )
 }
 
@@ -225,35 +225,30 @@ fn verify_err(path: &Path) -> (OvaError, String) {
 fn verify_rejects_tampered_missing_resized_extra_and_misplaced_members() {
     let dir = tempfile::tempdir().unwrap();
     let ovf = simple_ovf(Some(4));
-    let ok = custom_ova(dir.path(), "ok.ova", &ovf, None, &[("disk.vmdk", b"DATA")]);
+    let ok = custom_ova(dir.path(), "ok.ova", &ovf, None, &[("disk.img", b"DATA")]);
     ova::verify_path(&ok).unwrap();
 
-    // Tampered: flip one byte of disk.vmdk's data inside the archive.
+    // Tampered: flip one byte of disk.img's data inside the archive.
     let mut bytes = std::fs::read(&ok).unwrap();
     let pos = bytes.windows(4).rposition(|w| w == b"DATA").unwrap();
     bytes[pos] = b'X';
     let tampered = dir.path().join("tampered.ova");
     std::fs::write(&tampered, &bytes).unwrap();
     let (e, s) = verify_err(&tampered);
-    assert!(matches!(e, OvaError::DigestMismatch { ref name, .. } if name == "disk.vmdk"), "{s}");
-    assert!(s.contains("disk.vmdk") && s.contains("SHA256"), "{s}");
+    assert!(matches!(e, OvaError::DigestMismatch { ref name, .. } if name == "disk.img"), "{s}");
+    assert!(s.contains("disk.img") && s.contains("SHA256"), "{s}");
 
-    // Missing: the descriptor references disk.vmdk but the archive lacks it.
+    // Missing: the descriptor references disk.img but the archive lacks it.
     let missing = custom_ova(dir.path(), "missing.ova", &ovf, None, &[]);
     let (e, s) = verify_err(&missing);
-    assert!(matches!(e, OvaError::Missing { ref name, .. } if name == "disk.vmdk"), "{s}");
+    assert!(matches!(e, OvaError::Missing { ref name, .. } if name == "disk.img"), "{s}");
 
     // Wrong ovf:size.
-    let resized = custom_ova(
-        dir.path(),
-        "resized.ova",
-        &simple_ovf(Some(5)),
-        None,
-        &[("disk.vmdk", b"DATA")],
-    );
+    let resized =
+        custom_ova(dir.path(), "resized.ova", &simple_ovf(Some(5)), None, &[("disk.img", b"DATA")]);
     let (e, s) = verify_err(&resized);
     assert!(matches!(e, OvaError::SizeMismatch { declared: 5, actual: 4, .. }), "{s}");
-    assert!(s.contains("disk.vmdk") && s.contains("ovf:size"), "{s}");
+    assert!(s.contains("disk.img") && s.contains("ovf:size"), "{s}");
 
     // A member nobody references.
     let extra = custom_ova(
@@ -261,7 +256,7 @@ fn verify_rejects_tampered_missing_resized_extra_and_misplaced_members() {
         "extra.ova",
         &ovf,
         None,
-        &[("disk.vmdk", b"DATA"), ("evil.sh", b"x")],
+        &[("disk.img", b"DATA"), ("evil.sh", b"x")],
     );
     let (_, s) = verify_err(&extra);
     assert!(s.contains("evil.sh") && s.contains("not referenced"), "{s}");
@@ -269,26 +264,26 @@ fn verify_rejects_tampered_missing_resized_extra_and_misplaced_members() {
     // The manifest lists a file the archive lacks / lacks a file the archive has.
     let sha = |d: &[u8]| hex::encode(ovf::manifest::digest(Algorithm::Sha256, d).unwrap());
     let mf = format!(
-        "SHA256(node.ovf)= {}\nSHA256(disk.vmdk)= {}\nSHA256(gone.iso)= {}\n",
+        "SHA256(node.ovf)= {}\nSHA256(disk.img)= {}\nSHA256(gone.iso)= {}\n",
         sha(ovf.as_bytes()),
         sha(b"DATA"),
         sha(b"")
     );
-    let p = custom_ova(dir.path(), "mfextra.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let p = custom_ova(dir.path(), "mfextra.ova", &ovf, Some(&mf), &[("disk.img", b"DATA")]);
     let (_, s) = verify_err(&p);
     assert!(s.contains("gone.iso") && s.contains("manifest"), "{s}");
     let mf = format!("SHA256(node.ovf)= {}\n", sha(ovf.as_bytes()));
-    let p = custom_ova(dir.path(), "mfshort.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let p = custom_ova(dir.path(), "mfshort.ova", &ovf, Some(&mf), &[("disk.img", b"DATA")]);
     let (_, s) = verify_err(&p);
-    assert!(s.contains("disk.vmdk") && s.contains("not listed in the manifest"), "{s}");
+    assert!(s.contains("disk.img") && s.contains("not listed in the manifest"), "{s}");
     // A tampered descriptor is caught by its manifest line.
-    let mf = format!("SHA256(node.ovf)= {}\nSHA256(disk.vmdk)= {}\n", sha(b"other"), sha(b"DATA"));
-    let p = custom_ova(dir.path(), "ovfbad.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let mf = format!("SHA256(node.ovf)= {}\nSHA256(disk.img)= {}\n", sha(b"other"), sha(b"DATA"));
+    let p = custom_ova(dir.path(), "ovfbad.ova", &ovf, Some(&mf), &[("disk.img", b"DATA")]);
     let (_, s) = verify_err(&p);
     assert!(s.contains("node.ovf") && s.contains("does not match"), "{s}");
     // A malformed manifest line is reported with its line number.
     let mf = format!("SHA256(node.ovf)={}\n", sha(ovf.as_bytes()));
-    let p = custom_ova(dir.path(), "mfsyntax.ova", &ovf, Some(&mf), &[("disk.vmdk", b"DATA")]);
+    let p = custom_ova(dir.path(), "mfsyntax.ova", &ovf, Some(&mf), &[("disk.img", b"DATA")]);
     let e = ova::verify_path(&p).unwrap_err();
     let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
     assert!(chain.contains("node.mf") && chain.contains("line 1"), "{chain}");
@@ -315,7 +310,7 @@ fn verify_rejects_bad_structure() {
     std::fs::write(&empty, b"").unwrap();
     assert!(verify_err(&empty).1.contains("found nothing"));
     let ok =
-        custom_ova(dir.path(), "ok.ova", &simple_ovf(None), None, &[("disk.vmdk", &[7u8; 3000])]);
+        custom_ova(dir.path(), "ok.ova", &simple_ovf(None), None, &[("disk.img", &[7u8; 3000])]);
     let bytes = std::fs::read(&ok).unwrap();
     let cut = dir.path().join("cut.ova");
     std::fs::write(&cut, &bytes[..bytes.len() - 1024 - 1500]).unwrap();
@@ -351,4 +346,28 @@ fn manifest_written_by_write_ova_parses_back() {
     // OVF here has a stale ovf:size="1": verification reports that first.
     let e = ova::verify(&buf[..]).unwrap_err();
     assert!(matches!(e, OvaError::SizeMismatch { declared: 1, .. }), "{e}");
+}
+
+#[test]
+fn verify_walks_vmdk_members_and_names_a_corrupt_disk() {
+    let fx = fixture();
+    // Corrupt a grain of the disk *before* packing: the manifest then matches the bad bytes,
+    // and only the VMDK walk can tell.
+    let mut disk = std::fs::read(&fx.disk).unwrap();
+    for b in &mut disk[65536 + 40..65536 + 400] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&fx.disk, &disk).unwrap();
+    let ova_path = pack_to(&fx, &[], "corrupt.ova");
+    let e = ova::verify_path(&ova_path).unwrap_err();
+    assert!(matches!(e, OvaError::Vmdk { ref name, .. } if name == "node-disk1.vmdk"), "{e}");
+    let cause = std::error::Error::source(&e).unwrap().to_string();
+    assert!(cause.contains("grain"), "{cause}");
+
+    // A member named .vmdk that is not a VMDK at all.
+    let dir = tempfile::tempdir().unwrap();
+    let ovf = simple_ovf(None).replace("disk.img", "disk.vmdk");
+    let p = custom_ova(dir.path(), "fake.ova", &ovf, None, &[("disk.vmdk", b"not a disk")]);
+    let (_, s) = verify_err(&p);
+    assert!(s.contains("disk.vmdk") && s.contains("VMDK"), "{s}");
 }

@@ -135,6 +135,26 @@ impl<R: Read> StreamReader<R> {
         self.capacity
     }
 
+    /// Checks the whole stream — every marker, every grain inflated and size-checked, order,
+    /// end of stream — without producing the raw bytes (no zero runs are materialized).
+    /// Returns the number of grains stored.
+    pub fn check(mut self) -> Result<u64, VmdkError> {
+        let mut grains = 0;
+        loop {
+            self.advance()?;
+            match self.next {
+                Next::Grain(start) => {
+                    grains += 1;
+                    self.pos = start + self.grain_end as u64;
+                    self.grain_at = self.grain_end;
+                    self.next = Next::Unknown;
+                }
+                Next::End => return Ok(grains),
+                Next::Unknown => unreachable!("advance() always decides"),
+            }
+        }
+    }
+
     /// Fills `buf` with the next raw bytes; `Ok(0)` only at the end of the disk, after the
     /// end-of-stream marker was seen.
     pub fn read_raw(&mut self, buf: &mut [u8]) -> Result<usize, VmdkError> {
