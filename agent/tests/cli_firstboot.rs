@@ -280,6 +280,9 @@ fn scrub_overwrites_consumed_userdata_in_a_guestinfo_dir() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(dir.join("gi/userdata")).unwrap(), "---");
     assert_eq!(std::fs::read_to_string(dir.join("gi/userdata.encoding")).unwrap(), "");
+    // The short status is published for vCenter/govc.
+    let published = std::fs::read_to_string(dir.join("gi/guestinfo.capstan.status")).unwrap();
+    assert!(published.starts_with("ok instance-id=scrub-1 steps="), "{published}");
     // Metadata is not secret and stays, so the instance-id is still known at the next boot.
     assert!(std::fs::read_to_string(dir.join("gi/guestinfo.metadata")).unwrap().len() > 50);
     // A second boot without user-data changes nothing and keeps the instance.

@@ -111,7 +111,44 @@ pub fn apply_gathered(
         tracing::error!("recording state: {}", chain(&e));
         status.result = "failed".into();
     }
+    if scrub {
+        publish_status(g, &status);
+    }
     status
+}
+
+/// The one-line status published to `guestinfo.capstan.status` (vCenter and govc can read it
+/// without logging in to the node).
+pub fn short_status(status: &Status) -> String {
+    let failed: Vec<&str> = status
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| s.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        format!(
+            "ok instance-id={} steps={} ms={}",
+            status.instance_id,
+            status.steps.len(),
+            status.duration_ms
+        )
+    } else {
+        format!("failed instance-id={} failed-steps={}", status.instance_id, failed.join(","))
+    }
+}
+
+fn publish_status(g: &Gathered, status: &Status) {
+    let Some(gi) = &g.guestinfo else {
+        return;
+    };
+    match gi.set("capstan.status", &short_status(status)) {
+        Ok(()) => {}
+        Err(crate::guestinfo::GuestinfoError::ReadOnly(t)) => {
+            tracing::debug!("not publishing status: {t} is read-only")
+        }
+        Err(e) => tracing::warn!("publishing guestinfo.capstan.status: {}", chain(&e)),
+    }
 }
 
 /// `capstan-agent firstboot`.
