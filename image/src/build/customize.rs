@@ -60,6 +60,7 @@ pub fn run(
             .arg(&root),
     )?;
     let mut warnings = Vec::new();
+    prune(&root, &p.profile.prune)?;
     let kernel_version = kernel_version(&root)?;
     let (modules_kept, modules_total) =
         prune_modules(&root, &kernel_version, &p.profile.kernel.modules)?;
@@ -107,6 +108,7 @@ pub fn run(
     }
 
     let agent_toml = toml::to_string(&p.profile.agent).context("rendering [agent] as TOML")?;
+    check_agent_defaults(&agent_toml, &p.dir.join("profile.toml"))?;
     let etc_capstan = root.join("etc/capstan");
     fs::create_dir_all(&etc_capstan)?;
     fs::write(
@@ -128,6 +130,78 @@ pub fn run(
     )?;
     set_units(&root, &p.profile.systemd, &mut warnings)?;
     Ok(Customized { root, vmlinuz, initrd, kernel_version, modules_kept, modules_total, warnings })
+}
+
+/// Whether `name` matches `pattern` (`*` matches any run of characters).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn prune(root: &Path, prune: &super::profile::Prune) -> anyhow::Result<()> {
+    if !prune.purge.is_empty() {
+        exec::run(
+            Command::new("chroot")
+                .arg(root)
+                .args(["dpkg", "--purge", "--force-depends"])
+                .args(&prune.purge),
+        )
+        .context("purging prune.purge packages")?;
+    }
+    for pattern in &prune.paths {
+        let (dir, leaf) = match pattern.rsplit_once('/') {
+            Some((d, l)) => (root.join(d), l),
+            None => (root.to_path_buf(), pattern.as_str()),
+        };
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.filter_map(Result::ok) {
+            if glob_match(leaf, &e.file_name().to_string_lossy()) {
+                let path = e.path();
+                if e.file_type()?.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                }
+                .with_context(|| format!("prune.paths: removing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the profile's `[agent]` table with the agent's own schema: every key must be a
+/// setting and every value valid for it. (Settings the deployer must give, like `lb.vip`, are
+/// not required here: the template only bakes defaults.)
+pub fn check_agent_defaults(text: &str, profile_path: &Path) -> anyhow::Result<()> {
+    use capstan_agent::schema;
+    let flat = schema::flatten_toml(text, profile_path, "defaults")
+        .with_context(|| format!("{}: [agent]", profile_path.display()))?;
+    for (key, v) in flat {
+        let setting = schema::lookup(&key).with_context(|| {
+            format!(
+                "{}: [agent] {key}: not a setting of the agent's schema",
+                profile_path.display()
+            )
+        })?;
+        schema::check_value(&setting.kind, &v.value).map_err(|reason| {
+            anyhow::anyhow!("{}: [agent] {key} = {:?}: {reason}", profile_path.display(), v.value)
+        })?;
+    }
+    Ok(())
 }
 
 fn kernel_version(root: &Path) -> anyhow::Result<String> {
@@ -357,6 +431,25 @@ kernel/drivers/firmware/qemu_fw_cfg.ko:\n";
         let keep = module_closure(DEP, &["vmw_pvscsi".into(), "qemu-fw-cfg".into()]).unwrap();
         let v: Vec<_> = keep.iter().map(|s| module_name(s)).collect();
         assert_eq!(v, ["qemu_fw_cfg", "scsi_common", "scsi_mod", "vmw_pvscsi"]);
+    }
+
+    #[test]
+    fn agent_defaults_are_checked_against_the_schema() {
+        let p = Path::new("buildroot/lb/profile.toml");
+        check_agent_defaults("role = \"lb\"\n", p).unwrap();
+        let err = check_agent_defaults("rolle = \"lb\"\n", p).unwrap_err();
+        assert!(format!("{err:#}").contains("rolle"), "{err:#}");
+        let err = check_agent_defaults("role = \"dancer\"\n", p).unwrap_err();
+        assert!(format!("{err:#}").contains("dancer"), "{err:#}");
+    }
+
+    #[test]
+    fn globs_match_the_last_component() {
+        assert!(glob_match("*.so", "UTF-16.so"));
+        assert!(glob_match("hwdb.bin", "hwdb.bin"));
+        assert!(!glob_match("hwdb.bin", "hwdb.bin2"));
+        assert!(glob_match("20-*-vendor*.hwdb", "20-pci-vendor-model.hwdb"));
+        assert!(!glob_match("*.so", "gconv-modules"));
     }
 
     #[test]

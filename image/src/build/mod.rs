@@ -218,6 +218,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         .json("kernel", &prof.kernel)
         .json("systemd", &prof.systemd)
         .json("seal", &prof.seal)
+        .json("prune", &prof.prune)
         .json("agent", &prof.agent)
         .str("name", &prof.name)
         .str("epoch", &epoch.to_string())
@@ -295,7 +296,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let raw = disk_entry.dir.join("disk.raw");
 
     // outputs (each cached by the disk key and what shapes it)
-    let descriptor_inputs = ovadesc::DescriptorInputs::new(prof, &ids)?;
+    let descriptor_inputs = ovadesc::DescriptorInputs::new(prof, &ids, epoch)?;
     let mut ok = Key::new("outputs");
     ok.str("disk", &disk_key).json("descriptor", &descriptor_inputs);
     let out_key = ok.finish();
@@ -328,7 +329,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
                     )?;
                 }
                 Format::Ova => {
-                    ovadesc::write_ova(prof, &descriptor_inputs, &raw, &dst, &|m| st.msg(m))?;
+                    ovadesc::write_ova(&descriptor_inputs, &raw, &dst, &|m| st.msg(m))?;
                 }
             }
         }

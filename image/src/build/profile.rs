@@ -70,6 +70,9 @@ pub struct Profile {
     /// Unit states.
     #[serde(default)]
     pub systemd: Systemd,
+    /// What to take out of the root after installation.
+    #[serde(default)]
+    pub prune: Prune,
     /// Sealing policy.
     #[serde(default)]
     pub seal: Seal,
@@ -124,6 +127,19 @@ pub struct Systemd {
     /// Units to mask.
     #[serde(default)]
     pub mask: Vec<String>,
+}
+
+/// `[prune]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    /// Packages purged after installation (`dpkg --purge --force-depends`): things a
+    /// dependency pulled in that the appliance never runs.
+    #[serde(default)]
+    pub purge: Vec<String>,
+    /// Paths removed (relative to the root; `*` allowed in the last component).
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 /// `[seal]`.
@@ -224,6 +240,18 @@ impl Profile {
         {
             if unit.contains('/') || !unit.contains('.') {
                 return Err(format!("systemd unit {unit:?} is not a unit file name"));
+            }
+        }
+        for p in &self.prune.paths {
+            let parent_has_glob = p.rsplit_once('/').is_some_and(|(d, _)| d.contains('*'));
+            if p.starts_with('/')
+                || p.split('/').any(|c| c == "..")
+                || p.is_empty()
+                || parent_has_glob
+            {
+                return Err(format!(
+                    "prune.paths {p:?}: use a relative path inside the root, `*` only in the last component"
+                ));
             }
         }
         if !self.ovf.hardware_version.starts_with("vmx-") {

@@ -192,11 +192,15 @@ pub fn args(spec: &VmSpec<'_>, vars: &Path) -> anyhow::Result<Vec<String>> {
         format!("if=none,id=disk0,format=qcow2,file={}", esc(spec.disk)),
         "-device".into(),
         "virtio-blk-pci,drive=disk0,bootindex=0".into(),
-        // IDE CD-ROM: /dev/sr0 in the guest, as vSphere attaches the OVF environment.
+        // The OVF environment on a CD-ROM, /dev/sr0 in the guest, as vSphere attaches it.
+        // A SCSI CD-ROM (virtio-scsi): with OVMF under TCG the legacy IDE port of `pc` shows
+        // no ATAPI device to Debian's kernel, and the guest only cares about /dev/sr*.
+        "-device".into(),
+        "virtio-scsi-pci,id=scsi0".into(),
         "-drive".into(),
         format!("if=none,id=cd0,media=cdrom,readonly=on,format=raw,file={}", esc(spec.cdrom)),
         "-device".into(),
-        "ide-cd,drive=cd0,bus=ide.1,unit=0".into(),
+        "scsi-cd,bus=scsi0.0,drive=cd0".into(),
         "-netdev".into(),
         "user,id=net0".into(),
         "-device".into(),
