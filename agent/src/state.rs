@@ -201,6 +201,29 @@ impl State {
         }
     }
 
+    /// Persists secrets consumed from guestinfo for this instance (mode 0600), merged with what
+    /// earlier boots kept. Nothing is written when there is nothing to keep.
+    pub fn save_secrets(
+        &self,
+        instance_id: &str,
+        secrets: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StateError> {
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let path = Self::instance_dir(instance_id).join(crate::sources::SECRETS_FILE);
+        let mut all: std::collections::BTreeMap<String, String> = self
+            .root
+            .read(&path)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        all.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let json = serde_json::to_vec(&all)
+            .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source })?;
+        self.root.write(&path, &json, FileOpts::mode(0o600))?;
+        Ok(())
+    }
+
     /// Records a run: the status file first, then the current instance-id (the completion
     /// marker), each written atomically.
     pub fn save(&self, status: &Status) -> Result<(), StateError> {

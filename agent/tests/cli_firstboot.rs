@@ -268,6 +268,7 @@ fn scrub_overwrites_consumed_userdata_in_a_guestinfo_dir() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     setup(dir, "scrub-1");
+    std::fs::write(dir.join("gi/guestinfo.capstan.lb.vrrp.secret"), "s3cret").unwrap();
     let out = Command::new(BIN)
         .arg("firstboot")
         .arg("--root")
@@ -288,5 +289,17 @@ fn scrub_overwrites_consumed_userdata_in_a_guestinfo_dir() {
     // A second boot without user-data changes nothing and keeps the instance.
     let out = firstboot(dir);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(status(dir)["new_instance"], false);
+    let st = status(dir);
+    assert_eq!(st["new_instance"], false);
+    // The scrubbed secret was kept (0600) for later boots of the same instance.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("gi/guestinfo.capstan.lb.vrrp.secret")).unwrap(),
+        "---"
+    );
+    let secrets = dir.join("root/var/lib/capstan/instances/scrub-1/secrets.json");
+    assert_eq!(std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777, 0o600);
+    let v = st["values"].as_array().unwrap();
+    let s = v.iter().find(|v| v["path"] == "lb.vrrp.secret").expect("secret restored");
+    assert_eq!(s["origin"]["source"], "persisted");
+    assert_eq!(s["value"], "<secret>");
 }

@@ -94,8 +94,15 @@ pub fn apply_gathered(
         tracing::error!(step = i.step, "{}", i.message);
     }
     if scrub {
-        for e in g.scrub_secrets() {
-            tracing::warn!("scrubbing consumed secrets: {e}");
+        // Keep what we are about to overwrite: the role needs its secrets at every boot.
+        match state.save_secrets(&id, &g.guestinfo_secrets()) {
+            Ok(()) => {
+                for e in g.scrub_secrets() {
+                    tracing::warn!("scrubbing consumed secrets: {e}");
+                }
+            }
+            // Scrubbing what could not be kept would lose it: leave guestinfo as it is.
+            Err(e) => extra_errors.push(format!("state (secrets not scrubbed): {}", chain(&e))),
         }
     }
     let mut status = Status::new(

@@ -373,6 +373,25 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
     // Instance id: a source, else the OVF environment's vCenter id, else the SMBIOS UUID.
     let (instance_id, instance_id_origin) =
         resolve_instance_id(&config, &flat, ovf_vcenter_id, opts);
+
+    // Secrets scrubbed from guestinfo at an earlier boot of this instance come back from the
+    // 0600 file written then (a reboot does not restore the VMX's values; a power-off does).
+    let persisted = read_persisted_secrets(&opts.root, &instance_id);
+    let mut added = 0;
+    for (path, value) in persisted {
+        if !flat.contains_key(&path) && schema::lookup(&path).is_some_and(|s| s.secret) {
+            flat.insert(path.clone(), fv(value, "persisted", format!("{SECRETS_FILE} {path}")));
+            added += 1;
+        }
+    }
+    if added > 0 {
+        config = Config::from_flat(&flat, metadata_network);
+        reports.push(SourceReport {
+            name: "persisted".into(),
+            location: format!("/var/lib/capstan/instances/{instance_id}/{SECRETS_FILE}"),
+            values: added,
+        });
+    }
     config.instance_id = Some(instance_id.clone());
 
     // Render jinja user-data now that the instance data is known.
@@ -571,6 +590,30 @@ fn resolve_instance_id(
         "iid-unknown".parse().expect("constant is a valid instance-id"),
         Origin { source: "none".into(), key: "no source gave an instance-id".into() },
     )
+}
+
+/// File name, in the instance's state directory, of the secrets consumed from guestinfo.
+pub const SECRETS_FILE: &str = "secrets.json";
+
+fn read_persisted_secrets(root: &Path, id: &InstanceId) -> BTreeMap<String, String> {
+    let path = root.join("var/lib/capstan/instances").join(id.as_str()).join(SECRETS_FILE);
+    std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+impl Gathered {
+    /// The secret settings that came from guestinfo (and will be scrubbed there), to persist
+    /// with mode 0600 so that later boots of the same instance still have them.
+    pub fn guestinfo_secrets(&self) -> BTreeMap<String, String> {
+        let transport = self.guestinfo.as_ref().map(|g| g.transport());
+        self.flat
+            .iter()
+            .filter(|(p, v)| {
+                Some(v.origin.source.as_str()) == transport
+                    && schema::lookup(p).is_some_and(|s| s.secret)
+            })
+            .map(|(p, v)| (p.clone(), v.value.clone()))
+            .collect()
+    }
 }
 
 /// The SMBIOS product UUID, lower-cased like cloud-init does.
