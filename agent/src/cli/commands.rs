@@ -196,7 +196,7 @@ pub fn status(root: Option<&Path>, json: bool) -> i32 {
             return EXIT_ERROR;
         }
     };
-    let status = match State::new(root).load_current() {
+    let status = match State::new(root.clone()).load_current() {
         Ok(Some(s)) => s,
         Ok(None) => {
             eprintln!("capstan-agent: no first boot recorded under {}", dir.display());
@@ -207,8 +207,14 @@ pub fn status(root: Option<&Path>, json: bool) -> i32 {
             return EXIT_ERROR;
         }
     };
+    // The live role state (VRRP, VIP, backends) on the appliance itself.
+    let lb = if root.is_live() && status.role == "lb" { live_lb_status() } else { None };
     if json {
-        match serde_json::to_string_pretty(&status) {
+        let mut v = serde_json::to_value(&status).unwrap_or_default();
+        if let (Some(lb), Some(obj)) = (&lb, v.as_object_mut()) {
+            obj.insert("lb".into(), serde_json::to_value(lb).unwrap_or_default());
+        }
+        match serde_json::to_string_pretty(&v) {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("capstan-agent: {e}");
@@ -217,12 +223,25 @@ pub fn status(root: Option<&Path>, json: bool) -> i32 {
         }
     } else {
         print!("{}", human_status(&status));
+        if let Some(lb) = &lb {
+            println!("lb");
+            match serde_json::to_string_pretty(lb) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("capstan-agent: {e}"),
+            }
+        }
     }
     if status.failed() {
         EXIT_STEP_FAILED
     } else {
         EXIT_OK
     }
+}
+
+/// The lb role's live state, from the current settings (gathered as at boot).
+fn live_lb_status() -> Option<crate::lb::LbStatus> {
+    let g = sources::gather(&SourceOptions::live());
+    g.config.lb.as_ref().map(|lb| crate::lb::status(lb, &crate::lb::LbPaths::appliance()))
 }
 
 /// The status as a terminal table.
