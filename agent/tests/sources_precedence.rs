@@ -161,3 +161,26 @@ fn corrupt_state_is_reported_and_first_boot_still_runs() {
     let st2 = Command::new(BIN).args(["status", "--root"]).arg(&l.root).output().unwrap();
     assert!(String::from_utf8_lossy(&st2.stdout).contains("instance-id  st-1"));
 }
+
+#[test]
+fn an_lb_template_deployed_without_a_vip_boots_and_records_the_role_as_skipped() {
+    let l = layout();
+    w(
+        &l.ovf,
+        &env(&[("capstan.instance-id", "lb-1"), ("capstan.role", "lb"), ("capstan.lb.vip", "")]),
+    );
+    let out = Command::new(BIN)
+        .arg("firstboot")
+        .arg("--root")
+        .arg(&l.root)
+        .arg("--ovf-env")
+        .arg(&l.ovf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = Command::new(BIN).args(["status", "--json", "--root"]).arg(&l.root).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let role = st["steps"].as_array().unwrap().iter().find(|s| s["name"] == "role").unwrap();
+    assert_eq!(role["status"], "skipped");
+    assert!(role["detail"].as_str().unwrap().contains("lb.vip: required but not set"), "{role}");
+}

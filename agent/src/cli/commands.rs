@@ -350,6 +350,9 @@ pub fn config_check(file: &Path) -> i32 {
     };
     let n = flat.len();
     let config = Config::from_flat(&flat.into_iter().collect(), false);
+    if let Some(why) = &config.role_unconfigured {
+        println!("{}: note: {why} (set it at deploy time)", file.display());
+    }
     if config.errors.is_empty() {
         println!("{}: {n} settings, all valid", file.display());
         EXIT_OK

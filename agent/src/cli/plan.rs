@@ -178,6 +178,15 @@ pub fn apply_issues(records: &mut Vec<StepRecord>, g: &Gathered, issues: &[Issue
             duration_ms: gather_ms,
         },
     );
+    if let Some(why) = &g.config.role_unconfigured {
+        records.push(StepRecord {
+            name: "role".into(),
+            status: StepStatus::Skipped,
+            detail: why.clone(),
+            error: None,
+            duration_ms: 0,
+        });
+    }
     let mut by_step: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for i in issues.iter().filter(|i| i.step != "sources") {
         by_step.entry(i.step).or_default().push(&i.message);

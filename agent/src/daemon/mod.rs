@@ -260,6 +260,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                     .config
                     .errors_under("lb.")
                     .map(ToString::to_string)
+                    .chain(first.config.role_unconfigured.clone())
                     .collect::<Vec<_>>()
                     .join("; ");
                 tracing::error!("role lb: settings refused: {why}");

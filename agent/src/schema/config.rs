@@ -185,6 +185,9 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     /// Every value refused while building this config.
     pub errors: Vec<ConfigError>,
+    /// Why the role's settings are incomplete (a required key unset), when they are: the role
+    /// is not started, and first boot records it as skipped rather than failed.
+    pub role_unconfigured: Option<String>,
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -471,19 +474,20 @@ impl Config {
             "worker" => Role::Worker,
             _ => Role::None,
         };
+        let mut role_unconfigured = None;
         let lb = if role == Role::Lb {
+            use crate::lb::settings::SettingsError;
             match LbSettings::from_flat(|k| ok.get(k).copied()) {
                 Ok(s) => Some(s),
+                // Not set yet (the VIP and credentials come at deploy time): the role is not
+                // started, which is not an error in the values themselves.
+                Err(e @ (SettingsError::Missing { .. } | SettingsError::Conflict { .. })) => {
+                    role_unconfigured = Some(format!("role lb not configured: {e}"));
+                    None
+                }
                 Err(e) => {
                     let key = match &e {
-                        crate::lb::settings::SettingsError::Missing { key }
-                        | crate::lb::settings::SettingsError::Invalid { key, .. } => {
-                            (*key).to_owned()
-                        }
-                        crate::lb::settings::SettingsError::Conflict { keys, .. } => {
-                            (*keys).to_owned()
-                        }
-                        #[allow(unreachable_patterns)]
+                        SettingsError::Invalid { key, .. } => (*key).to_owned(),
                         _ => "lb".to_owned(),
                     };
                     let origin = flat.get(&key).map(|f| f.origin.clone()).unwrap_or(Origin {
@@ -557,6 +561,7 @@ impl Config {
                 ca: ok.get("heartbeat.ca").map(|v| (*v).to_owned()),
             },
             errors,
+            role_unconfigured,
         }
     }
 
@@ -701,6 +706,9 @@ mod tests {
     fn lb_role_builds_lb_settings_or_names_the_key() {
         let c = Config::from_flat(&flat(&[("role", "lb")]), false);
         assert!(c.lb.is_none());
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert!(c.role_unconfigured.as_deref().unwrap().contains("lb.vip"));
+        let c = Config::from_flat(&flat(&[("role", "lb"), ("lb.vip", "10.0.0.1/99")]), false);
         assert!(c.errors.iter().any(|e| e.path == "lb.vip"), "{:?}", c.errors);
         let c = Config::from_flat(
             &flat(&[
