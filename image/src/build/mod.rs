@@ -65,6 +65,8 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     /// Ignore cached stages.
     pub no_cache: bool,
+    /// Ignore the cache for these stages only (`customize`, `disk`, `outputs`).
+    pub rebuild: Vec<String>,
 }
 
 /// One stage in the report.
@@ -192,13 +194,22 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         .with_context(|| format!("creating cache directory {}", opts.cache.display()))?;
     let mut stages = Vec::new();
     let mut warnings = Vec::new();
-    let hit = |e: &Entry| !opts.no_cache && e.is_complete();
+    if let Some(bad) = opts
+        .rebuild
+        .iter()
+        .find(|r| !["rootfs", "customize", "disk", "outputs"].contains(&r.as_str()))
+    {
+        bail!("--rebuild {bad}: stages are rootfs, customize, disk, outputs");
+    }
+    let hit = |e: &Entry, stage: &str| {
+        !opts.no_cache && !opts.rebuild.iter().any(|r| r == stage) && e.is_complete()
+    };
 
     // rootfs
     let rootfs_key = rootfs::key(prof, epoch)?.finish();
     let rootfs = Entry::new(&opts.cache, "rootfs", rootfs_key.clone());
     let st = Stage::start("rootfs", "mmdebstrap");
-    let cached = hit(&rootfs);
+    let cached = hit(&rootfs, "rootfs");
     if !cached {
         rootfs.begin()?;
         rootfs::run(prof, epoch, &rootfs.dir, &|l| st.msg(l))?;
@@ -235,7 +246,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let custom_key = ck.finish();
     let custom = Entry::new(&opts.cache, "customize", custom_key.clone());
     let st = Stage::start("customize", "overlay, agent, units, prune, seal");
-    let cached = hit(&custom);
+    let cached = hit(&custom, "customize");
     let meta_path = custom.dir.join("customized.json");
     if !cached {
         custom.begin()?;
@@ -272,7 +283,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let disk_entry = Entry::new(&opts.cache, "disk", disk_key.clone());
     let ids = disk::DiskIds::derive(&disk_key);
     let st = Stage::start("disk", "GPT, ESP, ext4");
-    let cached = hit(&disk_entry);
+    let cached = hit(&disk_entry, "disk");
     if !cached {
         disk_entry.begin()?;
         let title = format!("{} {}", prof.ovf.product, prof.version);
@@ -302,13 +313,14 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let out_key = ok.finish();
     let out_entry = Entry::new(&opts.cache, "outputs", out_key.clone());
     let st = Stage::start("outputs", "");
-    let cached = hit(&out_entry)
+    let fresh_outputs = opts.no_cache || opts.rebuild.iter().any(|r| r == "outputs");
+    let cached = hit(&out_entry, "outputs")
         && opts
             .formats
             .iter()
             .all(|f| out_entry.dir.join(format!("{}.{}", prof.name, f.ext())).is_file());
     if !cached {
-        if !out_entry.is_complete() || opts.no_cache {
+        if !out_entry.is_complete() || fresh_outputs {
             out_entry.begin()?;
         }
         for f in &opts.formats {

@@ -53,9 +53,6 @@ impl DescriptorInputs {
     /// Collects the inputs for `profile`.
     pub fn new(profile: &Profile, ids: &DiskIds, epoch: u64) -> anyhow::Result<Self> {
         let properties = capstan_agent::schema::ovf_properties(&profile.name);
-        if properties.is_empty() {
-            bail!("the agent's schema has no vApp properties for profile {:?}", profile.name);
-        }
         let properties_digest =
             super::cache::Key::new("properties").str("debug", &format!("{properties:?}")).finish();
         Ok(Self {
@@ -120,6 +117,9 @@ pub fn write_ova(
     dst: &Path,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
+    if inputs.properties.is_empty() {
+        bail!("the agent's schema has no vApp properties for profile {:?}", inputs.name);
+    }
     let work = dst.with_extension("ova.d");
     fs::create_dir_all(&work)?;
     let vmdk = work.join(inputs.disk_name());

@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn shipped_profiles_parse_and_validate() {
-        for name in ["lb", "node"] {
+        for name in ["lb", "node", "bench-stock"] {
             let p = LoadedProfile::load(&repo_buildroot(), name).unwrap();
             assert_eq!(p.profile.name, name);
             for dir in p.overlay_dirs() {

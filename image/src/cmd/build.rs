@@ -47,6 +47,9 @@ pub struct BuildArgs {
     /// Rebuild every stage.
     #[arg(long)]
     pub no_cache: bool,
+    /// Rebuild these stages even when cached (rootfs, customize, disk, outputs).
+    #[arg(long, value_delimiter = ',', value_name = "STAGES")]
+    pub rebuild: Vec<String>,
 }
 
 /// The source tree this binary was built from (for buildroot/ and agent/units defaults).
@@ -102,6 +105,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         agent_units: Some(units),
         cache: args.cache.unwrap_or_else(build::cache::default_dir),
         no_cache: args.no_cache,
+        rebuild: args.rebuild,
     };
     let report = build::build(&opts)?;
     for w in &report.warnings {

@@ -1,0 +1,87 @@
+//! Shared by the image_* and lab_* tests (included with `#[path]`): one lb image per test run,
+//! built into `target/capstan-e2e/` with its own stage cache, so every test after the first
+//! (and every later run with unchanged inputs) reuses it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The capstan binary.
+pub fn capstan() -> PathBuf {
+    capstan_e2e::capstan_bin()
+}
+
+/// `target/capstan-e2e`.
+pub fn e2e_dir() -> PathBuf {
+    capstan_e2e::target_dir().join("capstan-e2e")
+}
+
+/// Path as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn build_into(profile: &str, out: &Path, extra: &[&str]) -> PathBuf {
+    let agent = capstan_e2e::workspace_bin("capstan-agent", "capstan-agent");
+    let cache = e2e_dir().join("cache");
+    let mut cmd = Command::new(capstan());
+    cmd.current_dir(capstan_e2e::workspace_root())
+        .args(["build", profile, "-o", s(out), "--formats", "ova,qcow2"])
+        .args(["--agent-bin", s(&agent), "--cache", s(&cache)])
+        .args(extra);
+    let o = cmd.output().expect("run capstan build");
+    assert!(
+        o.status.success(),
+        "capstan build {profile} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.to_path_buf()
+}
+
+/// Builds (or reuses) the lb image; returns its output directory (lb.ova, lb.qcow2,
+/// lb.build.json).
+pub fn lb_image() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_into("lb", &e2e_dir().join("lb"), &[])).clone()
+}
+
+/// Builds lb again into `out`, redoing every stage after the cached rootfs.
+pub fn rebuild_lb(out: &Path) -> PathBuf {
+    build_into("lb", out, &["--rebuild", "customize,disk,outputs"])
+}
+
+/// QEMU under TCG takes both cores: one boot at a time.
+pub fn boot_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A test SSH key (not a real key pair; the agent only installs it).
+pub const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNhcHN0YW4tZTJlLXRlc3Qta2V5LW5vdC1hLXJlYWwta2V5 e2e@capstan";
+
+/// Runs `capstan lab run IMAGE ARGS --wait-ready --json` and returns the JSON result.
+pub fn lab_run(image: &Path, args: &[String]) -> serde_json::Value {
+    let _guard = boot_lock();
+    let log = image.with_extension(format!("serial-{}.log", std::process::id()));
+    let o = Command::new(capstan())
+        .args(["lab", "run", s(image)])
+        .args(args)
+        .args(["--wait-ready", "--json", "--timeout", "300", "--serial-log", s(&log)])
+        .output()
+        .expect("run capstan lab run");
+    assert!(o.status.success(), "capstan lab run failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("lab output is not JSON ({e}):\n{}", String::from_utf8_lossy(&o.stdout))
+    })
+}
+
+/// The step named `name` in an agent status.
+pub fn step<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {status:#}"))
+}

@@ -1,0 +1,89 @@
+//! Boot the built lb template under QEMU (TCG here) with `capstan lab run` and read what the
+//! agent applied: once with vApp properties (OVF environment ISO, as vCenter delivers them)
+//! and once with CAPV-style guestinfo metadata/userdata (through fw_cfg).
+
+#[path = "image_support.rs"]
+mod support;
+
+use support::{lab_run, lb_image, step, SSH_KEY};
+
+fn assert_applied(r: &serde_json::Value, hostname: &str, source: &str) {
+    assert_eq!(r["ready"], true, "{r:#}");
+    let st = &r["status"];
+    let sources: Vec<&str> =
+        st["sources"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert!(sources.contains(&source), "source {source} not read: {sources:?}\n{st:#}");
+    let h = step(st, "hostname");
+    assert_eq!(h["status"], "ok", "{h:#}");
+    assert!(h["detail"].as_str().unwrap().contains(hostname), "{h:#}");
+    let n = step(st, "network");
+    assert_eq!(n["status"], "ok", "{n:#}");
+    let live = step(st, "network-live");
+    assert!(
+        live["detail"].as_str().unwrap().contains("10.0.2.15/24"),
+        "static address not applied: {live:#}"
+    );
+    let u = step(st, "users");
+    assert_eq!(u["status"], "ok", "{u:#}");
+    assert!(u["detail"].as_str().unwrap().contains("1 key"), "{u:#}");
+    // Identity is per instance: host keys were generated in the guest, not baked.
+    assert_eq!(step(st, "ssh-host-keys")["status"], "ok");
+    assert_eq!(step(st, "machine-id")["status"], "ok");
+    let secs = r["boot_seconds"].as_f64().unwrap();
+    assert!(secs > 1.0 && secs < 300.0, "boot took {secs}s");
+}
+
+#[test]
+fn lab_boot_applies_vapp_properties() {
+    let ova = lb_image().join("lb.ova");
+    let args: Vec<String> = [
+        "capstan.hostname=lb-e2e-props",
+        "capstan.net.nic0.address=10.0.2.15/24",
+        "capstan.net.nic0.gateway=10.0.2.2",
+        &format!("capstan.ssh.authorized-keys={SSH_KEY}"),
+        "capstan.lb.vip=10.0.2.100/24",
+    ]
+    .iter()
+    .flat_map(|p| ["--prop".to_string(), p.to_string()])
+    .collect();
+    let r = lab_run(&ova, &args);
+    assert_applied(&r, "lb-e2e-props", "ovf-env");
+    // The environment the lab delivered holds the descriptor's defaults plus our values.
+    let env = r["ovf_env"].as_array().unwrap();
+    assert!(env.len() > 10, "only {} properties delivered", env.len());
+    assert!(env.iter().any(|kv| kv[0] == "capstan.hostname" && kv[1] == "lb-e2e-props"));
+}
+
+#[test]
+fn lab_boot_applies_capv_guestinfo() {
+    let ova = lb_image().join("lb.ova");
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("metadata.yaml");
+    std::fs::write(
+        &meta,
+        "instance-id: lb-e2e-capv-1\nlocal-hostname: lb-e2e-capv\nwait-on-network:\n  ipv4: true\n\
+         network:\n  version: 2\n  ethernets:\n    id0:\n      match:\n        macaddress: \"52:54:00:12:34:56\"\n\
+         \x20     wait-on-network:\n        ipv4: true\n      dhcp4: false\n      addresses:\n        - \"10.0.2.15/24\"\n\
+         \x20     gateway4: \"10.0.2.2\"\n",
+    )
+    .unwrap();
+    let user = dir.path().join("userdata.yaml");
+    std::fs::write(
+        &user,
+        format!(
+            "#cloud-config\nusers:\n  - name: capv\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    ssh_authorized_keys:\n      - \"{SSH_KEY}\"\n"
+        ),
+    )
+    .unwrap();
+    let args = vec![
+        "--guestinfo".to_string(),
+        format!("metadata=@{}", meta.display()),
+        "--guestinfo".to_string(),
+        format!("userdata=@{}", user.display()),
+        "--guestinfo".to_string(),
+        "capstan.lb.vip=10.0.2.100/24".to_string(),
+    ];
+    let r = lab_run(&ova, &args);
+    assert_applied(&r, "lb-e2e-capv", "guestinfo");
+    assert_eq!(r["status"]["instance_id"], "lb-e2e-capv-1");
+}
