@@ -360,8 +360,13 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         out.push(rec);
     }
     // one sync for all the steps' renames, before the caller records them as done
-    if let Err(e) = root.sync() {
-        tracing::error!("making the first-boot writes durable: {}", error_chain(&e));
+    let t = Instant::now();
+    match root.sync() {
+        Ok(()) => tracing::debug!(
+            duration_ms = t.elapsed().as_millis() as u64,
+            "first-boot writes synced"
+        ),
+        Err(e) => tracing::error!("making the first-boot writes durable: {}", error_chain(&e)),
     }
     out
 }
