@@ -125,7 +125,8 @@ fn track_script_follows_the_haproxy_pid() {
     let cmd = line.trim().trim_start_matches("script ").trim_matches('"');
     let inner = cmd.split_once("-c '").unwrap().1.trim_end_matches('\'');
     let inner = inner.replace("/run/haproxy.pid", pidfile.to_str().unwrap());
-    let run = || std::process::Command::new("/bin/sh").arg("-c").arg(&inner).status().unwrap().success();
+    let run =
+        || std::process::Command::new("/bin/sh").arg("-c").arg(&inner).status().unwrap().success();
     assert!(!run(), "no pid file must fail");
     std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
     assert!(run(), "a live pid must pass");
