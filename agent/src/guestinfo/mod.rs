@@ -44,6 +44,15 @@ pub enum GuestinfoError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a key into a guestinfo directory failed.
+    #[error("write guestinfo.{key}")]
+    Write {
+        /// The key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: crate::root::RootError,
+    },
     /// The value is not UTF-8 text.
     #[error("value of guestinfo.{0} is not UTF-8 text")]
     NotUtf8(String),
@@ -131,11 +140,13 @@ impl Guestinfo for DirGuestinfo {
         check_key(key)?;
         let [prefixed, bare] = self.candidates(key);
         let path = if bare.exists() && !prefixed.exists() { bare } else { prefixed };
-        // temp + rename so a reader never sees half a value.
-        let tmp = path.with_extension("capstan-tmp");
-        let io = |source| GuestinfoError::Io { op: "write", path: path.clone(), source };
-        fs::write(&tmp, value).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)
+        // Through the rooted handle: a unique temp file and a rename, so a reader never sees
+        // half a value; 0600 because the values written here are scrubbed secrets or status.
+        let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+        let write = |source| GuestinfoError::Write { key: key.to_owned(), source };
+        let root = crate::root::Root::new(&self.dir).map_err(write)?;
+        root.write(&name, value.as_bytes(), crate::root::FileOpts::mode(0o600)).map_err(write)?;
+        root.sync().map_err(write)
     }
 }
 
