@@ -12,9 +12,12 @@ pub fn capstan() -> PathBuf {
     capstan_e2e::capstan_bin()
 }
 
-/// `target/capstan-e2e`.
+/// `target/capstan-e2e`, or `$CAPSTAN_E2E_DIR` (to run the image tests with their own image
+/// and stage cache, e.g. next to another run of them).
 pub fn e2e_dir() -> PathBuf {
-    capstan_e2e::target_dir().join("capstan-e2e")
+    std::env::var_os("CAPSTAN_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| capstan_e2e::target_dir().join("capstan-e2e"))
 }
 
 /// Path as &str.
