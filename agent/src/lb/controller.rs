@@ -12,6 +12,7 @@ use super::haproxy::slot_name;
 use super::runtime::{RuntimeApi, RuntimeError};
 use super::settings::{Backend, BackendList};
 use super::state::{ChangeError, DesiredSet, Op, StateError};
+use crate::root::Root;
 
 /// Why a change was not applied. Nothing is left half-applied in any case.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +44,18 @@ pub struct Controller {
     current: Mutex<DesiredSet>,
     snapshot: StdMutex<DesiredSet>,
     runtime: RuntimeApi,
+    root: Root,
     state_file: PathBuf,
     config_tx: watch::Sender<DesiredSet>,
 }
 
 impl Controller {
-    /// A controller for `set`, applying through `runtime`, persisting to `state_file`, and
-    /// publishing each new set on `config_tx` (the config file writer listens).
+    /// A controller for `set`, applying through `runtime`, persisting to `state_file` under
+    /// `root`, and publishing each new set on `config_tx` (the config file writer listens).
     pub fn new(
         set: DesiredSet,
         runtime: RuntimeApi,
+        root: Root,
         state_file: PathBuf,
         config_tx: watch::Sender<DesiredSet>,
     ) -> Self {
@@ -60,6 +63,7 @@ impl Controller {
             current: Mutex::new(set.clone()),
             snapshot: StdMutex::new(set),
             runtime,
+            root,
             state_file,
             config_tx,
         }
@@ -121,8 +125,8 @@ impl Controller {
             self.rollback(&cur, &ops[..(failed_at + 1).min(ops.len())]).await;
             return Err(ApplyError::Runtime(e));
         }
-        let (to_save, path) = (next.clone(), self.state_file.clone());
-        let saved = tokio::task::spawn_blocking(move || to_save.save(&path)).await;
+        let (to_save, root, path) = (next.clone(), self.root.clone(), self.state_file.clone());
+        let saved = tokio::task::spawn_blocking(move || to_save.save(&root, &path)).await;
         let saved = match saved {
             Ok(r) => r,
             Err(j) => {

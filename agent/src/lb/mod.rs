@@ -405,7 +405,10 @@ pub fn status(settings: &LbSettings, paths: &LbPaths) -> LbStatus {
             settings.vip.addr, settings.interface
         ));
     }
-    let set = match DesiredSet::load(&paths.backends_file()) {
+    let loaded = crate::root::Root::new("/")
+        .map_err(state::StateError::from)
+        .and_then(|root| DesiredSet::load(&root, &paths.backends_file()));
+    let set = match loaded {
         Ok(Some(s)) => s,
         Ok(None) => DesiredSet::from_list(&settings.backends),
         Err(e) => {

@@ -15,12 +15,13 @@ use tokio::sync::watch;
 use super::api::{self, Auth};
 use super::controller::Controller;
 use super::runtime::{RuntimeApi, RuntimeError};
-use super::state::{write_atomic, DesiredSet, StateError};
+use super::state::{write_durable, DesiredSet, StateError};
 use super::tls::{self, TlsError};
 use super::{
     check_haproxy, check_keepalived, haproxy_config, keepalived_config, LbPaths, LbSettings,
     RenderError, Tools,
 };
+use crate::root::{FileOpts, Root};
 
 /// How HAProxy and keepalived are run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +61,8 @@ pub enum RoleError {
         #[source]
         source: std::io::Error,
     },
-    /// A file could not be written.
-    #[error("installing a file")]
+    /// A file or directory could not be written.
+    #[error("writing the role's files")]
     State(#[from] StateError),
     /// A rendered file was refused by its checker.
     #[error("checking the rendered configuration")]
@@ -100,41 +101,35 @@ pub enum RoleError {
     },
 }
 
-/// Installs `contents` at `path` only if a checker accepts it: written to a temp file next to
-/// it, checked, renamed over. Returns whether the file changed.
+/// Installs `contents` at `path` under `root` only if a checker accepts it. The checker gets a
+/// candidate copy written next to the target (a host path); the accepted text then replaces the
+/// target atomically and durably, and the candidate is removed. Returns whether the file changed.
 fn install_checked(
+    root: &Root,
     path: &Path,
     contents: &str,
     mode: u32,
     check: impl Fn(&Path) -> Result<(), RenderError>,
 ) -> Result<bool, RoleError> {
-    if std::fs::read_to_string(path).ok().as_deref() == Some(contents) {
+    // An unreadable target counts as different: the write below reports the real problem.
+    if root.read(path).ok().flatten().as_deref() == Some(contents.as_bytes()) {
         return Ok(false);
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let candidate = path.with_file_name(format!(".{name}.candidate"));
-    write_atomic(&candidate, contents.as_bytes(), mode)?;
-    if let Err(e) = check(&candidate) {
-        let _ = std::fs::remove_file(&candidate);
-        return Err(e.into());
-    }
-    std::fs::rename(&candidate, path).map_err(|source| StateError::Io {
-        op: "renaming into",
-        path: path.into(),
-        source,
-    })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| StateError::Io {
-        op: "syncing",
-        path: dir.into(),
-        source,
-    })?;
+    let on_disk = root
+        .write(&candidate, contents.as_bytes(), FileOpts::mode(mode))
+        .map_err(StateError::from)?;
+    let checked = check(&on_disk);
+    let _ = root.remove(&candidate);
+    checked?;
+    write_durable(root, path, contents.as_bytes(), mode)?;
     Ok(true)
 }
 
-fn write_track(paths: &LbPaths, healthy: bool) {
+fn write_track(root: &Root, paths: &LbPaths, healthy: bool) {
     let v: &[u8] = if healthy { b"0\n" } else { b"1\n" };
-    if let Err(e) = write_atomic(&paths.track_file, v, 0o644) {
+    if let Err(e) = write_durable(root, &paths.track_file, v, 0o644) {
         tracing::error!(error = %api::crate_chain(&e), "cannot tell keepalived HAProxy's state");
     }
 }
@@ -148,9 +143,9 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
         .unwrap_or_else(|_| Stdio::null())
 }
 
-fn spawn_haproxy(opts: &RoleOptions, log_dir: &Path) -> Result<Child, RoleError> {
+fn spawn_haproxy(root: &Root, opts: &RoleOptions, log_dir: &Path) -> Result<Child, RoleError> {
     let p = &opts.paths;
-    let _ = std::fs::remove_file(&p.admin_socket);
+    let _ = root.remove(&p.admin_socket);
     Command::new(&opts.tools.haproxy)
         .arg("-W")
         .arg("-f")
@@ -258,6 +253,9 @@ pub async fn run_role(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RoleError> {
     let p = opts.paths.clone();
+    // The live file system: `LbPaths` are host paths, since HAProxy and keepalived read the same
+    // files (tests point them into a temp directory with `LbPaths::under`).
+    let root = Root::new("/").map_err(StateError::from)?;
     for dir in [
         Some(p.state_dir.as_path()),
         p.track_file.parent(),
@@ -268,42 +266,45 @@ pub async fn run_role(
     .into_iter()
     .flatten()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| RoleError::Dir { path: dir.into(), source })?;
+        root.mkdir_all(dir, FileOpts::mode(0o755)).map_err(StateError::from)?;
     }
 
     // The desired set: persisted one if any, else the configured backends.
-    let set = match DesiredSet::load(&p.backends_file()) {
+    let set = match DesiredSet::load(&root, &p.backends_file()) {
         Ok(Some(s)) => {
             tracing::info!(backends = s.entries().len(), "restored the persisted backend set");
             s
         }
         Ok(None) => {
             let s = DesiredSet::from_list(&settings.backends);
-            s.save(&p.backends_file())?;
+            s.save(&root, &p.backends_file())?;
             s
         }
         Err(e) => {
             // Keep the operator's file for inspection and serve the configured set.
             tracing::error!(error = %api::crate_chain(&e), "persisted backend set unreadable; using lb.backends");
+            // A copy, not a rename: the save below then replaces the file atomically.
             let aside = p.backends_file().with_extension("json.corrupt");
-            let _ = std::fs::rename(p.backends_file(), aside);
+            if let Ok(Some(bytes)) = root.read(p.backends_file()) {
+                let _ = write_durable(&root, &aside, &bytes, 0o644);
+            }
             let s = DesiredSet::from_list(&settings.backends);
-            s.save(&p.backends_file())?;
+            s.save(&root, &p.backends_file())?;
             s
         }
     };
 
     let hcfg = haproxy_config(&settings, &p, &set);
-    let old_structure = std::fs::read_to_string(&p.haproxy_cfg).ok();
+    let old_structure = root.read_string(&p.haproxy_cfg).ok().flatten();
     let tools = opts.tools.clone();
-    let haproxy_changed =
-        install_checked(&p.haproxy_cfg, &hcfg.render(), 0o644, |f| check_haproxy(&tools, f))?;
+    let haproxy_changed = install_checked(&root, &p.haproxy_cfg, &hcfg.render(), 0o644, |f| {
+        check_haproxy(&tools, f)
+    })?;
     let structure_changed =
         old_structure.is_none_or(|old| super::haproxy::needs_reload(&old, &hcfg.render()));
     let kcfg = keepalived_config(&settings, &p, &opts.node_label).render();
     let keepalived_changed =
-        install_checked(&p.keepalived_conf, &kcfg, 0o600, |f| check_keepalived(&tools, f))?;
+        install_checked(&root, &p.keepalived_conf, &kcfg, 0o600, |f| check_keepalived(&tools, f))?;
     tracing::info!(
         haproxy_changed,
         structure_changed,
@@ -313,19 +314,20 @@ pub async fn run_role(
 
     let rt = RuntimeApi::new(&p.admin_socket);
     let (config_tx, mut config_rx) = watch::channel(set.clone());
-    let ctl = Arc::new(Controller::new(set, rt.clone(), p.backends_file(), config_tx));
+    let ctl =
+        Arc::new(Controller::new(set, rt.clone(), root.clone(), p.backends_file(), config_tx));
 
     // Start the daemons. keepalived only after HAProxy answers, so a fresh node never takes the
     // VIP without a working HAProxy behind it.
-    write_track(&p, false);
+    write_track(&root, &p, false);
     let (mut haproxy, mut keepalived) = match &opts.processes {
         Processes::Children { log_dir } => {
             std::fs::create_dir_all(log_dir)
                 .map_err(|source| RoleError::Dir { path: log_dir.clone(), source })?;
-            let mut h = spawn_haproxy(&opts, log_dir)?;
+            let mut h = spawn_haproxy(&root, &opts, log_dir)?;
             wait_ready(&rt, Duration::from_secs(10), Some(&mut h)).await?;
-            write_track(&p, true);
-            let _ = std::fs::remove_file(&p.vrrp_state_file);
+            write_track(&root, &p, true);
+            let _ = root.remove(&p.vrrp_state_file);
             let k = spawn_keepalived(&opts, log_dir)?;
             (Some(h), Some(k))
         }
@@ -342,7 +344,7 @@ pub async fn run_role(
             if let Err(e) = ctl.sync_all().await {
                 tracing::error!(error = %api::crate_chain(&e), "could not sync HAProxy to the backend set");
             }
-            write_track(&p, true);
+            write_track(&root, &p, true);
             // A changed file is re-read with SIGHUP (reload): the VIP stays where it is.
             if keepalived_changed && pid_alive(&p.keepalived_pids[0]) {
                 systemctl(&["reload", "keepalived.service"]).await?;
@@ -356,7 +358,7 @@ pub async fn run_role(
     // The API.
     let ips: Vec<IpAddr> = vec![settings.api.listen.ip(), IpAddr::V4(settings.vip.addr)];
     let configured = settings.api.cert.as_deref().zip(settings.api.key.as_deref());
-    let (cert, key) = tls::ensure_cert(configured, &p.state_dir, &ips)?;
+    let (cert, key) = tls::ensure_cert(&root, configured, &p.state_dir, &ips)?;
     let tls_cfg = tls::server_config(&cert, &key, settings.api.client_ca.as_deref())?;
     let listener = TcpListener::bind(settings.api.listen)
         .await
@@ -384,13 +386,16 @@ pub async fn run_role(
         let settings = settings.clone();
         let p = p.clone();
         let tools = opts.tools.clone();
+        let root = root.clone();
         tokio::spawn(async move {
             while config_rx.changed().await.is_ok() {
                 let set = config_rx.borrow_and_update().clone();
                 let text = haproxy_config(&settings, &p, &set).render();
-                let (p2, tools2) = (p.clone(), tools.clone());
+                let (p2, tools2, root2) = (p.clone(), tools.clone(), root.clone());
                 let r = tokio::task::spawn_blocking(move || {
-                    install_checked(&p2.haproxy_cfg, &text, 0o644, |f| check_haproxy(&tools2, f))
+                    install_checked(&root2, &p2.haproxy_cfg, &text, 0o644, |f| {
+                        check_haproxy(&tools2, f)
+                    })
                 })
                 .await;
                 match r {
@@ -428,7 +433,7 @@ pub async fn run_role(
             _ = &mut shutdown => break Ok(()),
             st = hap_wait => {
                 // Tell keepalived first: the peer takes the VIP while HAProxy restarts here.
-                write_track(&p, false);
+                write_track(&root, &p, false);
                 tracing::error!(status = ?st, "HAProxy exited; releasing the VIP and restarting it");
                 let Some(dir) = log_dir.as_deref() else { continue };
                 tokio::select! {
@@ -436,7 +441,7 @@ pub async fn run_role(
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
                 haproxy = None;
-                match spawn_haproxy(&opts, dir) {
+                match spawn_haproxy(&root, &opts, dir) {
                     Ok(c) => haproxy = Some(c),
                     Err(e) => break Err(e),
                 }
@@ -447,7 +452,7 @@ pub async fn run_role(
                         if let Err(e) = ctl.sync_all().await {
                             tracing::error!(error = %api::crate_chain(&e), "could not sync restarted HAProxy");
                         }
-                        write_track(&p, true);
+                        write_track(&root, &p, true);
                         tracing::info!("HAProxy is back; rejoining as backup");
                     }
                     Err(e) => tracing::error!(error = %api::crate_chain(&e), "restarted HAProxy is not answering"),
@@ -471,7 +476,7 @@ pub async fn run_role(
                 let up = pid_alive(&p.haproxy_pid);
                 if up != haproxy_up {
                     haproxy_up = up;
-                    write_track(&p, up);
+                    write_track(&root, &p, up);
                     tracing::warn!(up, "HAProxy liveness changed");
                 }
             }
@@ -489,4 +494,68 @@ pub async fn run_role(
         terminate(h, "haproxy", Duration::from_secs(3)).await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    const GOOD: &str = "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n    \
+                        timeout server 1s\nfrontend f\n    bind 127.0.0.1:1\n    default_backend b\n\
+                        backend b\n    server s1 127.0.0.1:2\n";
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn install_checked_installs_only_what_haproxy_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let tools = Tools::default();
+        let check = |f: &Path| check_haproxy(&tools, f);
+        let cfg = Path::new("/etc/haproxy/haproxy.cfg");
+        let host = dir.path().join("etc/haproxy/haproxy.cfg");
+
+        assert!(install_checked(&root, cfg, GOOD, 0o640, check).unwrap(), "new file");
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), GOOD);
+        assert_eq!(mode(&host), 0o640);
+        assert!(!install_checked(&root, cfg, GOOD, 0o640, check).unwrap(), "same text");
+
+        // A refused text leaves the installed file as it was and no candidate behind.
+        let bad = "global\n    no-such-keyword\n";
+        match install_checked(&root, cfg, bad, 0o640, check) {
+            Err(RoleError::Render(RenderError::Refused { path, .. })) => {
+                assert!(path.starts_with(dir.path()), "checked under the root: {path:?}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), GOOD);
+        assert_eq!(root.list("/etc/haproxy").unwrap(), vec!["haproxy.cfg"]);
+
+        // An accepted change replaces the file; the candidate is gone.
+        let changed = GOOD.replace("timeout client 1s", "timeout client 2s");
+        assert!(install_checked(&root, cfg, &changed, 0o600, check).unwrap());
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), changed);
+        assert_eq!(mode(&host), 0o600);
+        assert_eq!(root.list("/etc/haproxy").unwrap(), vec!["haproxy.cfg"]);
+
+        // Paths stay inside the root.
+        let e = install_checked(&root, Path::new("/../x.cfg"), GOOD, 0o644, check).unwrap_err();
+        assert!(matches!(e, RoleError::State(StateError::Root(_))), "{e:?}");
+    }
+
+    #[test]
+    fn track_file_is_written_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let paths = LbPaths::under(Path::new("/run/capstan/lb"));
+        write_track(&root, &paths, false);
+        assert_eq!(root.read_string(&paths.track_file).unwrap().as_deref(), Some("1\n"));
+        write_track(&root, &paths, true);
+        assert_eq!(root.read_string(&paths.track_file).unwrap().as_deref(), Some("0\n"));
+        assert_eq!(mode(&root.resolve(&paths.track_file).unwrap()), 0o644);
+        assert_eq!(root.list("/run/capstan/lb").unwrap(), vec!["haproxy.state"]);
+    }
 }

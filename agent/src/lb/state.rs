@@ -1,16 +1,15 @@
 //! The desired backend set: which backend sits in which HAProxy slot, the changes the API makes
 //! to it (planned as pure functions that return the runtime operations), and its atomic
-//! persistence under the state directory.
+//! persistence under the state directory, through the rooted file system handle ([`Root`]).
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::haproxy::{Slot, SLOTS};
 use super::settings::{Backend, BackendList};
+use crate::root::{FileOpts, Root, RootError};
 
 /// One operation on HAProxy's runtime API, on one slot (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,17 +59,9 @@ pub enum ChangeError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StateError {
-    /// Reading or writing the file failed.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing the file failed (the error names the operation and the path).
+    #[error(transparent)]
+    Root(#[from] RootError),
     /// The file does not hold a valid set.
     #[error("{path}: not a valid backend set: {reason}")]
     Corrupt {
@@ -234,13 +225,9 @@ impl DesiredSet {
             .collect()
     }
 
-    /// Loads the persisted set; `Ok(None)` when there is none yet.
-    pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { op: "reading", path: path.into(), source }),
-        };
+    /// Loads the persisted set from `path` under `root`; `Ok(None)` when there is none yet.
+    pub fn load(root: &Root, path: &Path) -> Result<Option<Self>, StateError> {
+        let Some(bytes) = root.read(path)? else { return Ok(None) };
         let corrupt = |reason: String| StateError::Corrupt { path: path.into(), reason };
         let p: PersistedSet = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if p.version != 1 {
@@ -259,8 +246,8 @@ impl DesiredSet {
         Ok(Some(s))
     }
 
-    /// Persists the set atomically: temp file, fsync, rename, fsync the directory.
-    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+    /// Persists the set at `path` under `root`, atomically and durably ([`write_durable`]).
+    pub fn save(&self, root: &Root, path: &Path) -> Result<(), StateError> {
         let p = PersistedSet {
             version: 1,
             backends: self
@@ -272,41 +259,24 @@ impl DesiredSet {
         let mut json = serde_json::to_vec_pretty(&p)
             .map_err(|e| StateError::Corrupt { path: path.into(), reason: e.to_string() })?;
         json.push(b'\n');
-        write_atomic(path, &json, 0o644)
+        write_durable(root, path, &json, 0o644)
     }
 }
 
-/// Writes a file atomically with `mode`: temp file in the same directory, fsync, rename,
-/// fsync the directory.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| StateError::Io { op, path: p, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
-    let res = (|| {
-        f.write_all(contents).map_err(io("writing", &tmp))?;
-        // The mode of an existing temp file is not reset by `open`.
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("renaming into", path))?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+/// Writes a whole file under `root` with `mode` and makes it durable before returning:
+/// [`Root::write`] (unique temp file, mode, rename over the target; fsync first when it replaces
+/// a file) then [`Root::sync`] (fsyncs what the write created and the directory renamed into).
+/// The role's files are written one at a time while it runs, so each write is synced at once
+/// instead of batched like first boot's.
+pub fn write_durable(
+    root: &Root,
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), StateError> {
+    root.write(path, contents, FileOpts::mode(mode))?;
+    root.sync()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -355,13 +325,24 @@ mod tests {
 
     #[test]
     fn persist_roundtrip_and_corrupt_files() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("backends.json");
-        assert_eq!(DesiredSet::load(&p).unwrap(), None);
+        let root = Root::new(dir.path()).unwrap();
+        let p = Path::new("/var/lib/capstan/lb/backends.json");
+        assert_eq!(DesiredSet::load(&root, p).unwrap(), None);
         let s = DesiredSet::from_list(&"10.0.0.1:6443,[fd00::2]:6443".parse().unwrap());
         let (s, _) = s.drain(b("10.0.0.1:6443")).unwrap();
-        s.save(&p).unwrap();
-        assert_eq!(DesiredSet::load(&p).unwrap(), Some(s));
+        s.save(&root, p).unwrap();
+        // written under the root (missing directories created), mode 0644, no temp file left
+        let host = dir.path().join("var/lib/capstan/lb/backends.json");
+        assert_eq!(std::fs::metadata(&host).unwrap().permissions().mode() & 0o7777, 0o644);
+        assert_eq!(root.list("/var/lib/capstan/lb").unwrap(), vec!["backends.json"]);
+        assert_eq!(DesiredSet::load(&root, p).unwrap(), Some(s.clone()));
+        // saving again replaces the file
+        let (s2, _) = s.remove(b("10.0.0.1:6443")).unwrap();
+        s2.save(&root, p).unwrap();
+        assert_eq!(DesiredSet::load(&root, p).unwrap(), Some(s2));
+        assert_eq!(root.list("/var/lib/capstan/lb").unwrap(), vec!["backends.json"]);
         for bad in [
             "{",
             r#"{"version":2,"backends":[]}"#,
@@ -369,8 +350,20 @@ mod tests {
             r#"{"version":1,"backends":[{"address":"x","slot":0,"drain":false}]}"#,
             r#"{"version":1,"backends":[],"extra":1}"#,
         ] {
-            fs::write(&p, bad).unwrap();
-            assert!(matches!(DesiredSet::load(&p), Err(StateError::Corrupt { .. })), "{bad}");
+            std::fs::write(&host, bad).unwrap();
+            assert!(matches!(DesiredSet::load(&root, p), Err(StateError::Corrupt { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn persistence_stays_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let s = DesiredSet::default();
+        let e = s.save(&root, Path::new("/../escape.json")).unwrap_err();
+        assert!(matches!(e, StateError::Root(RootError::Escape { .. })), "{e}");
+        assert!(!dir.path().parent().unwrap().join("escape.json").exists());
+        let e = DesiredSet::load(&root, Path::new("/../../etc/passwd")).unwrap_err();
+        assert!(matches!(e, StateError::Root(RootError::Escape { .. })), "{e}");
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::state::{write_atomic, StateError};
+use super::state::{write_durable, StateError};
+use crate::root::Root;
 
 /// TLS setup failures.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +71,10 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .ok_or(TlsError::Pem { path: path.into(), reason: "no PRIVATE KEY block" })
 }
 
-/// Returns (cert, key) paths: the configured ones, or a self-signed pair generated once under
-/// `state_dir` (key mode 0600) for the given names and addresses.
+/// Returns (cert, key) host paths: the configured ones, or a self-signed pair generated once
+/// under `state_dir` in `root` (key mode 0600) for the given names and addresses.
 pub fn ensure_cert(
+    root: &Root,
     configured: Option<(&Path, &Path)>,
     state_dir: &Path,
     ips: &[IpAddr],
@@ -80,16 +82,19 @@ pub fn ensure_cert(
     if let Some((c, k)) = configured {
         return Ok((c.into(), k.into()));
     }
+    let store = |e: crate::root::RootError| TlsError::Store(e.into());
     let (c, k) = (state_dir.join("api-cert.pem"), state_dir.join("api-key.pem"));
-    if c.exists() && k.exists() {
-        return Ok((c, k));
+    let (host_c, host_k) = (root.resolve(&c).map_err(store)?, root.resolve(&k).map_err(store)?);
+    if host_c.exists() && host_k.exists() {
+        return Ok((host_c, host_k));
     }
     let mut names = vec!["localhost".to_string()];
     names.extend(ips.iter().filter(|ip| !ip.is_unspecified()).map(|ip| ip.to_string()));
     let ck = rcgen::generate_simple_self_signed(names).map_err(TlsError::Generate)?;
-    write_atomic(&k, ck.key_pair.serialize_pem().as_bytes(), 0o600).map_err(TlsError::Store)?;
-    write_atomic(&c, ck.cert.pem().as_bytes(), 0o644).map_err(TlsError::Store)?;
-    Ok((c, k))
+    write_durable(root, &k, ck.key_pair.serialize_pem().as_bytes(), 0o600)
+        .map_err(TlsError::Store)?;
+    write_durable(root, &c, ck.cert.pem().as_bytes(), 0o644).map_err(TlsError::Store)?;
+    Ok((host_c, host_k))
 }
 
 /// The server configuration. With a client CA, client certificates are verified when
@@ -127,4 +132,28 @@ pub fn server_config(
         builder.with_single_cert(certs(cert)?, key(key_path)?).map_err(TlsError::Rustls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn generated_pair_is_stored_once_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let state = Path::new("/var/lib/capstan/lb");
+        let ips = ["10.0.0.100".parse().unwrap(), "0.0.0.0".parse().unwrap()];
+        let (c, k) = ensure_cert(&root, None, state, &ips).unwrap();
+        assert_eq!(c, root.base().join("var/lib/capstan/lb/api-cert.pem"));
+        assert_eq!(k, root.base().join("var/lib/capstan/lb/api-key.pem"));
+        assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(fs::metadata(&c).unwrap().permissions().mode() & 0o7777, 0o644);
+        server_config(&c, &k, None).expect("the pair is usable");
+        let pem = fs::read(&c).unwrap();
+        assert_eq!(ensure_cert(&root, None, state, &ips).unwrap(), (c.clone(), k));
+        assert_eq!(fs::read(&c).unwrap(), pem, "kept, not regenerated");
+        assert_eq!(root.list(state).unwrap(), vec!["api-cert.pem", "api-key.pem"]);
+    }
 }
