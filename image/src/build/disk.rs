@@ -2,8 +2,17 @@
 //! (mkfs.fat at an offset, files placed with mtools) holding systemd-boot, the kernel and the
 //! initramfs, and the ext4 root (mkfs.ext4 -d at an offset). No loop devices, no mounts.
 //!
+//! With `--firmware bios` the same disk also boots from a legacy BIOS: SYSLINUX is installed
+//! into the FAT ESP by its mtools installer (`syslinux --install --offset`, which writes the
+//! partition's boot sector, `ldlinux.sys` and `ldlinux.c32` without mounting), `syslinux.cfg`
+//! boots the very kernel, initrd and command line of the systemd-boot entry (both rendered
+//! from one [`BootEntry`]), SYSLINUX's `gptmbr.bin` is the protective MBR's boot code and the
+//! ESP carries the GPT "legacy BIOS bootable" attribute, which is how `gptmbr.bin` finds it.
+//! systemd-boot stays in place, so a BIOS image is hybrid: it boots under UEFI as well.
+//!
 //! Every identifier is derived from the stage key, and every timestamp from the epoch, so the
-//! same inputs give the same bytes.
+//! same inputs give the same bytes (mtools, which SYSLINUX's installer runs, honours
+//! `SOURCE_DATE_EPOCH`).
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -16,6 +25,7 @@ use uuid::Uuid;
 
 use super::exec;
 use super::gpt::{self, Gpt, Partition, SECTOR};
+use super::Firmware;
 
 /// A namespace for the UUIDs the builder derives (a random constant, fixed forever).
 const NAMESPACE: Uuid = Uuid::from_u128(0x6d1b3f0e_52a4_4c8e_9b7e_3a1c0f5e2d41);
@@ -70,10 +80,24 @@ pub struct DiskSpec<'a> {
     pub esp_mib: u64,
     /// Timestamp for every file.
     pub epoch: u64,
+    /// Firmware the disk boots from (BIOS disks boot from UEFI too).
+    pub firmware: Firmware,
 }
 
-/// The partition table for a disk of `size_mib` with an ESP of `esp_mib`.
-pub fn layout(ids: &DiskIds, size_mib: u64, esp_mib: u64) -> Gpt {
+/// SYSLINUX's MBR boot code for GPT disks (Debian `syslinux-common`).
+pub const GPTMBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+/// SYSLINUX's mtools-based installer (Debian `syslinux`).
+pub const SYSLINUX: &str = "syslinux";
+/// Directory on the ESP that holds `ldlinux.sys`, `ldlinux.c32` and `syslinux.cfg`.
+pub const SYSLINUX_DIR: &str = "syslinux";
+/// The kernel on the ESP, as both boot loaders name it.
+pub const ESP_KERNEL: &str = "capstan/vmlinuz";
+/// The initramfs on the ESP, as both boot loaders name it.
+pub const ESP_INITRD: &str = "capstan/initrd.img";
+
+/// The partition table for a disk of `size_mib` with an ESP of `esp_mib`; for BIOS the ESP is
+/// marked legacy BIOS bootable.
+pub fn layout(ids: &DiskIds, size_mib: u64, esp_mib: u64, firmware: Firmware) -> Gpt {
     let sectors = size_mib * MIB / SECTOR;
     let per_mib = MIB / SECTOR;
     Gpt {
@@ -85,7 +109,10 @@ pub fn layout(ids: &DiskIds, size_mib: u64, esp_mib: u64) -> Gpt {
                 guid: ids.esp_partuuid,
                 first_lba: per_mib,
                 last_lba: per_mib * (1 + esp_mib) - 1,
-                attrs: 0,
+                attrs: match firmware {
+                    Firmware::Efi => 0,
+                    Firmware::Bios => gpt::ATTR_LEGACY_BIOS_BOOTABLE,
+                },
                 name: "ESP".into(),
             },
             Partition {
@@ -101,11 +128,100 @@ pub fn layout(ids: &DiskIds, size_mib: u64, esp_mib: u64) -> Gpt {
     }
 }
 
-/// The systemd-boot entry.
-pub fn boot_entry(title: &str, root_partuuid: &Uuid, cmdline: &str) -> String {
-    format!(
-        "title {title}\nlinux /capstan/vmlinuz\ninitrd /capstan/initrd.img\noptions root=PARTUUID={root_partuuid} rw {cmdline}\n"
-    )
+/// The one boot entry of an image: what to boot and with which command line. systemd-boot's
+/// loader entry and SYSLINUX's configuration are both rendered from it, so the two boot paths
+/// cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEntry {
+    /// Title (a comment for SYSLINUX, which shows no menu).
+    pub title: String,
+    /// Kernel path on the ESP, absolute (`/capstan/vmlinuz`).
+    pub linux: String,
+    /// Initramfs path on the ESP, absolute.
+    pub initrd: String,
+    /// Full kernel command line.
+    pub options: String,
+}
+
+impl BootEntry {
+    /// The entry for the kernel and initrd at [`ESP_KERNEL`] / [`ESP_INITRD`] with the root
+    /// partition named by PARTUUID. Refuses line breaks (each format is line-based).
+    pub fn new(title: &str, root_partuuid: &Uuid, cmdline: &str) -> anyhow::Result<Self> {
+        for (what, v) in [("title", title), ("kernel command line", cmdline)] {
+            if v.contains(['\n', '\r']) {
+                anyhow::bail!("boot entry {what} {v:?} contains a line break");
+            }
+        }
+        Ok(Self {
+            title: title.to_string(),
+            linux: format!("/{ESP_KERNEL}"),
+            initrd: format!("/{ESP_INITRD}"),
+            options: format!("root=PARTUUID={root_partuuid} rw {cmdline}").trim_end().to_string(),
+        })
+    }
+
+    /// `loader/entries/capstan.conf` for systemd-boot.
+    pub fn systemd_boot(&self) -> String {
+        format!(
+            "title {}\nlinux {}\ninitrd {}\noptions {}\n",
+            self.title, self.linux, self.initrd, self.options
+        )
+    }
+
+    /// `syslinux/syslinux.cfg`: boot the entry at once, no menu, no prompt; SYSLINUX's own
+    /// messages also go to the first serial port (the lab's console log).
+    pub fn syslinux(&self) -> String {
+        format!(
+            "# {}: legacy BIOS boot. The same kernel, initrd and command line as\n\
+             # /loader/entries/capstan.conf (systemd-boot, UEFI).\n\
+             SERIAL 0 115200\nDEFAULT capstan\nPROMPT 0\nTIMEOUT 0\nNOESCAPE 1\n\n\
+             LABEL capstan\n  LINUX {}\n  INITRD {}\n  APPEND {}\n",
+            self.title, self.linux, self.initrd, self.options
+        )
+    }
+}
+
+/// What the BIOS boot path depends on outside the image, for the disk stage's cache key:
+/// digests of the SYSLINUX installer (it carries `ldlinux.sys`/`ldlinux.c32`) and of
+/// `gptmbr.bin`. `None` for UEFI-only disks.
+pub fn bootloader_key(firmware: Firmware) -> anyhow::Result<Option<String>> {
+    match firmware {
+        Firmware::Efi => Ok(None),
+        Firmware::Bios => {
+            let installer = which(SYSLINUX)?;
+            let mbr = gptmbr()?;
+            Ok(Some(format!(
+                "syslinux={} gptmbr={}",
+                super::cache::file_sha256(&installer)?,
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&mbr))
+            )))
+        }
+    }
+}
+
+fn which(program: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file()).with_context(|| {
+        format!(
+            "{program} is not installed: --firmware bios needs the Debian packages syslinux \
+             and syslinux-common (scripts/setup)"
+        )
+    })
+}
+
+/// The 440 bytes of `gptmbr.bin`.
+fn gptmbr() -> anyhow::Result<Vec<u8>> {
+    let code = fs::read(GPTMBR).with_context(|| {
+        format!("reading {GPTMBR}: --firmware bios needs the Debian package syslinux-common")
+    })?;
+    if code.len() != gpt::MBR_BOOT_CODE {
+        anyhow::bail!(
+            "{GPTMBR} is {} bytes, expected {} (MBR boot code)",
+            code.len(),
+            gpt::MBR_BOOT_CODE
+        );
+    }
+    Ok(code)
 }
 
 /// systemd-boot's loader configuration: no menu, no editor.
@@ -113,13 +229,17 @@ pub const LOADER_CONF: &str = "default capstan.conf\ntimeout 0\neditor no\nconso
 
 /// Builds `out/disk.raw`.
 pub fn run(spec: &DiskSpec<'_>, ids: &DiskIds, out: &Path) -> anyhow::Result<PathBuf> {
-    let table = layout(ids, spec.size_mib, spec.esp_mib);
+    let table = layout(ids, spec.size_mib, spec.esp_mib, spec.firmware);
     table.validate().map_err(|e| anyhow::anyhow!("disk layout: {e}"))?;
+    let boot_code = match spec.firmware {
+        Firmware::Efi => None,
+        Firmware::Bios => Some(gptmbr()?),
+    };
     let raw = out.join("disk.raw");
     {
         let mut f = fs::File::create(&raw)?;
         f.set_len(spec.size_mib * MIB)?;
-        f.write_all(&table.primary(None))?;
+        f.write_all(&table.primary(boot_code.as_deref()))?;
         f.seek(SeekFrom::Start(table.backup_offset()))?;
         f.write_all(&table.backup())?;
         f.sync_all()?;
@@ -170,10 +290,15 @@ fn make_esp(
     put("EFI/BOOT/BOOTX64.EFI", None, Some(&sdboot))
         .context("systemd-boot (package systemd-boot-efi in the profile)")?;
     put("loader/loader.conf", Some(LOADER_CONF.as_bytes()), None)?;
-    let entry = boot_entry(spec.title, &ids.root_partuuid, spec.cmdline);
-    put("loader/entries/capstan.conf", Some(entry.as_bytes()), None)?;
-    put("capstan/vmlinuz", None, Some(spec.vmlinuz))?;
-    put("capstan/initrd.img", None, Some(spec.initrd))?;
+    let entry = BootEntry::new(spec.title, &ids.root_partuuid, spec.cmdline)?;
+    put("loader/entries/capstan.conf", Some(entry.systemd_boot().as_bytes()), None)?;
+    put(ESP_KERNEL, None, Some(spec.vmlinuz))?;
+    put(ESP_INITRD, None, Some(spec.initrd))?;
+    let mut dirs = vec!["EFI", "loader", ESP_KERNEL.split('/').next().expect("a directory")];
+    if spec.firmware == Firmware::Bios {
+        put(&format!("{SYSLINUX_DIR}/syslinux.cfg"), Some(entry.syslinux().as_bytes()), None)?;
+        dirs.push(SYSLINUX_DIR);
+    }
     exec::run(
         Command::new("find")
             .arg(&stage)
@@ -182,7 +307,7 @@ fn make_esp(
             .args(["{}", "+"]),
     )?;
     let image = format!("{}@@{}", raw.display(), esp.first_lba * SECTOR);
-    for dir in ["EFI", "loader", "capstan"] {
+    for dir in dirs {
         exec::run(
             Command::new("mcopy")
                 .env("MTOOLS_SKIP_CHECK", "1")
@@ -193,7 +318,31 @@ fn make_esp(
         )?;
     }
     fs::remove_dir_all(&stage)?;
+    if spec.firmware == Firmware::Bios {
+        install_syslinux(raw, esp.first_lba * SECTOR, spec.epoch)?;
+    }
     Ok(())
+}
+
+/// Installs SYSLINUX into the FAT at `offset` of `raw`: the partition boot sector (keeping the
+/// BPB mkfs.fat wrote) and `ldlinux.sys`/`ldlinux.c32` in [`SYSLINUX_DIR`], written through
+/// mtools, so no loop device or mount is involved. The files get the epoch as their time
+/// (mtools reads `SOURCE_DATE_EPOCH`); ldlinux.sys's sector map depends only on the FAT's
+/// allocation, which is the same for the same inputs.
+fn install_syslinux(raw: &Path, offset: u64, epoch: u64) -> anyhow::Result<()> {
+    let installer = which(SYSLINUX)?;
+    exec::run(
+        Command::new(installer)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .arg("--install")
+            .arg("--offset")
+            .arg(offset.to_string())
+            .arg("--directory")
+            .arg(format!("/{SYSLINUX_DIR}"))
+            .arg(raw),
+    )
+    .context("installing SYSLINUX into the ESP (BIOS boot)")
 }
 
 fn make_root(
@@ -287,8 +436,12 @@ mod tests {
     #[test]
     fn layout_is_aligned_and_valid() {
         let ids = DiskIds::derive("k");
-        let g = layout(&ids, 4096, 64);
+        let g = layout(&ids, 4096, 64, Firmware::Efi);
         g.validate().unwrap();
+        assert_eq!(g.partitions[0].attrs, 0);
+        let b = layout(&ids, 4096, 64, Firmware::Bios);
+        assert_eq!(b.partitions[0].attrs, gpt::ATTR_LEGACY_BIOS_BOOTABLE);
+        assert_eq!(b.partitions[1].attrs, 0);
         assert_eq!(g.partitions[0].first_lba, 2048);
         assert_eq!(g.partitions[1].first_lba % 2048, 0);
         assert_eq!((g.partitions[1].last_lba + 1) % 2048, 0);
@@ -297,7 +450,43 @@ mod tests {
     #[test]
     fn entry_names_the_root_partition() {
         let u = Uuid::from_u128(7);
-        let e = boot_entry("Capstan lb", &u, "quiet");
+        let e = BootEntry::new("Capstan lb", &u, "quiet").unwrap().systemd_boot();
         assert!(e.contains("options root=PARTUUID=00000000-0000-0000-0000-000000000007 rw quiet\n"));
+    }
+
+    #[test]
+    fn both_loaders_boot_the_same_entry() {
+        let u = Uuid::from_u128(7);
+        let e = BootEntry::new("Capstan LB 0.1.0", &u, "console=ttyS0,115200 quiet").unwrap();
+        assert_eq!(
+            e.systemd_boot(),
+            "title Capstan LB 0.1.0\n\
+             linux /capstan/vmlinuz\n\
+             initrd /capstan/initrd.img\n\
+             options root=PARTUUID=00000000-0000-0000-0000-000000000007 rw console=ttyS0,115200 quiet\n"
+        );
+        assert_eq!(
+            e.syslinux(),
+            "# Capstan LB 0.1.0: legacy BIOS boot. The same kernel, initrd and command line as\n\
+             # /loader/entries/capstan.conf (systemd-boot, UEFI).\n\
+             SERIAL 0 115200\n\
+             DEFAULT capstan\n\
+             PROMPT 0\n\
+             TIMEOUT 0\n\
+             NOESCAPE 1\n\
+             \n\
+             LABEL capstan\n\
+             \x20 LINUX /capstan/vmlinuz\n\
+             \x20 INITRD /capstan/initrd.img\n\
+             \x20 APPEND root=PARTUUID=00000000-0000-0000-0000-000000000007 rw console=ttyS0,115200 quiet\n"
+        );
+    }
+
+    #[test]
+    fn line_breaks_cannot_reach_the_loader_configs() {
+        let u = Uuid::from_u128(7);
+        let err = BootEntry::new("t", &u, "quiet\nLABEL evil").unwrap_err();
+        assert!(err.to_string().contains("kernel command line"), "{err}");
+        assert!(BootEntry::new("t\r", &u, "quiet").is_err());
     }
 }

@@ -15,6 +15,11 @@ const ENTRY_SECTORS: u64 = (ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
 pub const TYPE_ESP: Uuid = Uuid::from_u128(0xC12A7328_F81F_11D2_BA4B_00A0C93EC93B);
 /// Linux root (x86-64) type, as in the Discoverable Partitions Specification.
 pub const TYPE_ROOT_X86_64: Uuid = Uuid::from_u128(0x4F68BCE3_E8CD_4DB1_96E7_FBCAF984B709);
+/// Attribute bit 2, "legacy BIOS bootable": SYSLINUX's `gptmbr.bin` boots the first partition
+/// that has it.
+pub const ATTR_LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
+/// The MBR boot code area (the rest of the sector is the disk signature and partition table).
+pub const MBR_BOOT_CODE: usize = 440;
 
 /// One partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,18 +117,22 @@ impl Gpt {
     }
 
     /// The first `34` sectors: protective MBR, primary header, primary entries.
-    /// `boot_code` (at most 440 bytes) goes into the MBR for BIOS boot.
+    /// `boot_code` (at most [`MBR_BOOT_CODE`] bytes, longer input is cut there) goes into the
+    /// MBR for BIOS boot.
     pub fn primary(&self, boot_code: Option<&[u8]>) -> Vec<u8> {
         let entries = self.entries();
         let crc = crc32fast::hash(&entries);
         let mut out = vec![0u8; SECTOR as usize];
         if let Some(code) = boot_code {
-            let n = code.len().min(440);
+            let n = code.len().min(MBR_BOOT_CODE);
             out[..n].copy_from_slice(&code[..n]);
         }
         // Protective MBR: one 0xEE partition covering the disk (capped at 2^32-1 sectors).
+        // Its boot indicator stays 0x00 even with boot code: the UEFI spec requires it (and
+        // some UEFI firmware treats an active protective MBR as a legacy disk), while SeaBIOS,
+        // VMware's BIOS and gptmbr.bin run the boot code without looking at it.
         let p = &mut out[446..462];
-        p[0] = if boot_code.is_some() { 0x80 } else { 0 };
+        p[0] = 0;
         p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
         p[4] = 0xEE;
         p[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
@@ -235,9 +244,13 @@ mod tests {
     }
 
     fn image(g: &Gpt) -> tempfile::NamedTempFile {
+        image_with(g, None)
+    }
+
+    fn image_with(g: &Gpt, boot_code: Option<&[u8]>) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(g.disk_sectors * SECTOR).unwrap();
-        f.write_all(&g.primary(None)).unwrap();
+        f.write_all(&g.primary(boot_code)).unwrap();
         f.seek(SeekFrom::Start(g.backup_offset())).unwrap();
         f.write_all(&g.backup()).unwrap();
         f.flush().unwrap();
@@ -275,6 +288,35 @@ mod tests {
         assert_eq!(p[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
         assert_eq!(p[1]["uuid"], "00000000-0000-0000-0000-000000000003");
         assert_eq!(p[1]["name"], "root");
+        let v =
+            std::process::Command::new("sfdisk").arg("--verify").arg(f.path()).output().unwrap();
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    }
+
+    #[test]
+    fn boot_code_and_bios_attribute_reach_sfdisk() {
+        let mut g = sample();
+        g.partitions[0].attrs = ATTR_LEGACY_BIOS_BOOTABLE;
+        let code: Vec<u8> = (0..500u32).map(|i| (i % 251) as u8 + 1).collect();
+        let primary = g.primary(Some(&code));
+        assert_eq!(&primary[..MBR_BOOT_CODE], &code[..MBR_BOOT_CODE]);
+        // Disk signature and the rest of the MBR are untouched by over-long code.
+        assert_eq!(&primary[MBR_BOOT_CODE..446], &[0u8; 6]);
+        assert_eq!(primary[446], 0, "protective MBR must not be marked active");
+        assert_eq!(&primary[510..512], &[0x55, 0xAA]);
+        let f = image_with(&g, Some(&code));
+        let out = std::process::Command::new("sfdisk")
+            .arg("--json")
+            .arg(f.path())
+            .output()
+            .expect("sfdisk (util-linux) must be installed");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = &v["partitiontable"]["partitions"];
+        assert_eq!(p[0]["attrs"], "LegacyBIOSBootable", "{v:#}");
+        assert!(p[1].get("attrs").is_none(), "{v:#}");
+        let bytes = std::fs::read(f.path()).unwrap();
+        assert_eq!(read(&bytes).unwrap()[0].attrs, ATTR_LEGACY_BIOS_BOOTABLE);
         let v =
             std::process::Command::new("sfdisk").arg("--verify").arg(f.path()).output().unwrap();
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));

@@ -185,9 +185,6 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let p = LoadedProfile::load(&opts.buildroot, &opts.profile)?;
     let prof = &p.profile;
     let epoch = epoch(prof)?;
-    if opts.firmware == Firmware::Bios {
-        bail!("--firmware bios is not supported by this builder yet: build with --firmware efi (vSphere, OVMF)");
-    }
     fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating output directory {}", opts.out.display()))?;
     fs::create_dir_all(&opts.cache)
@@ -279,6 +276,9 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             "mkfs",
             &exec::output(std::process::Command::new("mkfs.ext4").arg("-V")).unwrap_or_default(),
         );
+    if let Some(bootloader) = disk::bootloader_key(opts.firmware)? {
+        dk.str("bootloader", &bootloader);
+    }
     let disk_key = dk.finish();
     let disk_entry = Entry::new(&opts.cache, "disk", disk_key.clone());
     let ids = disk::DiskIds::derive(&disk_key);
@@ -297,6 +297,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
                 size_mib: prof.disk.size_mib,
                 esp_mib: prof.disk.esp_mib,
                 epoch,
+                firmware: opts.firmware,
             },
             &ids,
             &disk_entry.dir,
@@ -307,7 +308,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let raw = disk_entry.dir.join("disk.raw");
 
     // outputs (each cached by the disk key and what shapes it)
-    let descriptor_inputs = ovadesc::DescriptorInputs::new(prof, &ids, epoch)?;
+    let descriptor_inputs = ovadesc::DescriptorInputs::new(prof, &ids, epoch, opts.firmware)?;
     let mut ok = Key::new("outputs");
     ok.str("disk", &disk_key).json("descriptor", &descriptor_inputs);
     let out_key = ok.finish();

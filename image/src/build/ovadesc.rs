@@ -13,6 +13,7 @@ use ovf::descriptor::builder::{
 
 use super::disk::DiskIds;
 use super::profile::Profile;
+use super::Firmware as BuildFirmware;
 
 /// The OVF environment transports: vCenter writes the environment both to guestinfo and to a
 /// CD-ROM ISO; the agent reads either.
@@ -43,6 +44,9 @@ pub struct DescriptorInputs {
     pub disk_guid: String,
     /// Archive member times.
     pub epoch: u64,
+    /// Boot firmware: `efi` writes `vmw:Config firmware=efi`; `bios` writes none, which is
+    /// vSphere's default (legacy BIOS).
+    pub firmware: BuildFirmware,
     /// The schema's properties, rendered for the cache key.
     pub properties_digest: String,
     #[serde(skip)]
@@ -51,7 +55,12 @@ pub struct DescriptorInputs {
 
 impl DescriptorInputs {
     /// Collects the inputs for `profile`.
-    pub fn new(profile: &Profile, ids: &DiskIds, epoch: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        profile: &Profile,
+        ids: &DiskIds,
+        epoch: u64,
+        firmware: BuildFirmware,
+    ) -> anyhow::Result<Self> {
         let properties = capstan_agent::schema::ovf_properties(&profile.name);
         let properties_digest =
             super::cache::Key::new("properties").str("debug", &format!("{properties:?}")).finish();
@@ -67,6 +76,7 @@ impl DescriptorInputs {
             capacity_bytes: profile.disk.size_mib * 1024 * 1024,
             disk_guid: ids.disk_guid.to_string(),
             epoch,
+            firmware,
             properties_digest,
             properties,
         })
@@ -86,7 +96,10 @@ impl DescriptorInputs {
             .hardware_version(&self.hardware_version)
             .cpus(self.cpus)
             .memory_mib(self.memory_mib)
-            .firmware(Firmware::Efi)
+            .firmware(match self.firmware {
+                BuildFirmware::Efi => Firmware::Efi,
+                BuildFirmware::Bios => Firmware::Bios,
+            })
             .scsi(ScsiController::ParaVirtual)
             .disk(disk)
             .nic(NicSpec::new("VM Network"))
@@ -152,4 +165,52 @@ pub fn write_ova(
     fs::rename(&tmp, dst)?;
     fs::remove_dir_all(&work)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(firmware: BuildFirmware) -> DescriptorInputs {
+        let buildroot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot");
+        let p = super::super::profile::LoadedProfile::load(&buildroot, "lb").unwrap();
+        DescriptorInputs::new(&p.profile, &DiskIds::derive("k"), 1, firmware).unwrap()
+    }
+
+    fn firmware_configs(env: &ovf::descriptor::Envelope) -> Vec<String> {
+        let content = env.content.as_ref().unwrap();
+        content
+            .systems()
+            .into_iter()
+            .flat_map(|vs| vs.hardware())
+            .flat_map(|h| h.configs.iter())
+            .filter(|c| c.key == "firmware")
+            .map(|c| c.value.clone())
+            .collect()
+    }
+
+    #[test]
+    fn efi_descriptor_asks_for_efi_and_bios_for_nothing() {
+        let efi = inputs(BuildFirmware::Efi).descriptor(1000);
+        assert_eq!(firmware_configs(&efi), ["efi"]);
+        let bios = inputs(BuildFirmware::Bios).descriptor(1000);
+        assert!(firmware_configs(&bios).is_empty(), "{}", bios.to_xml());
+        // Everything else is the same document.
+        let without_firmware: Vec<String> = efi
+            .to_xml()
+            .lines()
+            .filter(|l| !l.contains(r#"vmw:key="firmware""#))
+            .map(str::to_string)
+            .collect();
+        let bios_lines: Vec<String> = bios.to_xml().lines().map(str::to_string).collect();
+        assert!(without_firmware == bios_lines, "efi and bios descriptors differ beyond firmware");
+        for env in [&efi, &bios] {
+            let errors: Vec<String> = ovf::descriptor::validate::validate(env, &Default::default())
+                .into_iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+    }
 }
