@@ -67,6 +67,75 @@ macro_rules! text_value {
     };
 }
 
+/// [`text_value!`] for a newtype over its canonical `String`: also `Display` (the text itself)
+/// and `as_str`.
+macro_rules! string_value {
+    ($($t:ty),+) => {$(
+        impl $t {
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        text_value!($t);
+    )+};
+}
+
+/// A number or a text in a document: YAML, JSON and TOML authors write ports and modes either way.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrText {
+    N(u64),
+    S(String),
+}
+
+/// Deserializes a value written as a number (converted by `from_num`) or as text (its `FromStr`).
+fn number_or_text<'de, D, T>(
+    d: D,
+    from_num: impl FnOnce(u64) -> Result<T, ValueError>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = ValueError>,
+{
+    match NumOrText::deserialize(d)? {
+        NumOrText::N(n) => from_num(n),
+        NumOrText::S(s) => s.parse(),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+/// The checks for a name the kernel or a directory entry takes as is: not empty, at most
+/// `max_len` bytes (`too_long` is the message), not `.` or `..`, and no character `refused`
+/// (the message adds `hint`).
+fn check_name(
+    kind: &'static str,
+    s: &str,
+    max_len: usize,
+    too_long: &'static str,
+    refused: impl Fn(char) -> bool,
+    hint: &str,
+) -> Result<(), ValueError> {
+    if s.is_empty() {
+        return Err(ValueError::new(kind, s, "empty"));
+    }
+    if s.len() > max_len {
+        return Err(ValueError::new(kind, s, too_long));
+    }
+    if s == "." || s == ".." {
+        return Err(ValueError::new(kind, s, "'.' and '..' are not allowed"));
+    }
+    if let Some(c) = s.chars().find(|c| refused(*c)) {
+        return Err(ValueError::new(kind, s, format!("character {c:?} is not allowed{hint}")));
+    }
+    Ok(())
+}
+
 fn check_label(kind: &'static str, whole: &str, label: &str) -> Result<(), ValueError> {
     if label.is_empty() {
         return Err(ValueError::new(kind, whole, "empty label"));
@@ -121,10 +190,6 @@ impl Hostname {
     pub fn short(&self) -> &str {
         self.0.split('.').next().unwrap_or(&self.0)
     }
-    /// The whole name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
     /// The name as an [`Fqdn`] when it has at least two labels.
     pub fn as_fqdn(&self) -> Option<Fqdn> {
         self.0.contains('.').then(|| Fqdn(self.0.clone()))
@@ -139,12 +204,7 @@ impl FromStr for Hostname {
     }
 }
 
-impl fmt::Display for Hostname {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-text_value!(Hostname);
+string_value!(Hostname);
 
 /// A fully qualified domain name: a [`Hostname`] with at least two labels. One trailing dot
 /// (the DNS root) is accepted and dropped.
@@ -160,10 +220,6 @@ impl Fqdn {
     pub fn domain(&self) -> &str {
         self.0.split_once('.').map(|(_, d)| d).unwrap_or("")
     }
-    /// The whole name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for Fqdn {
@@ -178,12 +234,7 @@ impl FromStr for Fqdn {
     }
 }
 
-impl fmt::Display for Fqdn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-text_value!(Fqdn);
+string_value!(Fqdn);
 
 /// A DNS search domain (same syntax as a [`Hostname`], one label allowed).
 pub type DomainName = Hostname;
@@ -337,43 +388,22 @@ text_value!(IpCidr);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceId(String);
 
-impl InstanceId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl FromStr for InstanceId {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {
-        const K: &str = "instance-id";
-        if s.is_empty() {
-            return Err(ValueError::new(K, s, "empty"));
-        }
-        if s.len() > 255 {
-            return Err(ValueError::new(K, s, "longer than 255 characters"));
-        }
-        if s == "." || s == ".." {
-            return Err(ValueError::new(K, s, "'.' and '..' are not allowed"));
-        }
-        if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic() || *c == '/') {
-            return Err(ValueError::new(
-                K,
-                s,
-                format!("character {c:?} is not allowed (printable ASCII without '/' or spaces)"),
-            ));
-        }
+        check_name(
+            "instance-id",
+            s,
+            255,
+            "longer than 255 characters",
+            |c| !c.is_ascii_graphic() || c == '/',
+            " (printable ASCII without '/' or spaces)",
+        )?;
         Ok(InstanceId(s.to_owned()))
     }
 }
 
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-text_value!(InstanceId);
+string_value!(InstanceId);
 
 /// A TCP/UDP port, 1–65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -419,19 +449,11 @@ impl Serialize for Port {
 
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => u16::try_from(n)
+        number_or_text(d, |n| {
+            u16::try_from(n)
                 .map_err(|_| ValueError::new("port", &n.to_string(), "not a number in 1-65535"))
                 .and_then(Port::try_from)
-                .map_err(serde::de::Error::custom),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        })
     }
 }
 
@@ -440,39 +462,22 @@ impl<'de> Deserialize<'de> for Port {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NicName(String);
 
-impl NicName {
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl FromStr for NicName {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {
-        const K: &str = "interface name";
-        if s.is_empty() {
-            return Err(ValueError::new(K, s, "empty"));
-        }
-        if s.len() > 15 {
-            return Err(ValueError::new(K, s, "longer than 15 bytes"));
-        }
-        if s == "." || s == ".." {
-            return Err(ValueError::new(K, s, "'.' and '..' are not allowed"));
-        }
-        if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':') {
-            return Err(ValueError::new(K, s, format!("character {c:?} is not allowed")));
-        }
+        check_name(
+            "interface name",
+            s,
+            15,
+            "longer than 15 bytes",
+            |c| !c.is_ascii_graphic() || c == '/' || c == ':',
+            "",
+        )?;
         Ok(NicName(s.to_owned()))
     }
 }
 
-impl fmt::Display for NicName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-text_value!(NicName);
+string_value!(NicName);
 
 /// Unix permission bits, at most `0o7777`.
 ///
@@ -528,16 +533,8 @@ impl Serialize for UnixMode {
 
 impl<'de> Deserialize<'de> for UnixMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => n.to_string().parse().map_err(serde::de::Error::custom),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        // an integer's decimal digits are read as octal (see the type's docs)
+        number_or_text(d, |n| n.to_string().parse())
     }
 }
 
@@ -625,5 +622,51 @@ mod tests {
         assert!("0".parse::<Port>().is_err());
         assert_eq!(serde_json::from_str::<Port>("6443").unwrap().get(), 6443);
         assert!(serde_json::from_str::<Port>("70000").is_err());
+    }
+
+    /// The messages the shared helpers produce, pinned: sources and keys are prefixed by the
+    /// callers, the reason text is this module's.
+    #[test]
+    fn name_and_number_messages() {
+        let msg = |r: Result<InstanceId, ValueError>| r.unwrap_err().to_string();
+        assert_eq!(msg("".parse()), r#"invalid instance-id "": empty"#);
+        assert!(msg("x".repeat(256).parse()).ends_with(": longer than 255 characters"));
+        assert_eq!(msg("..".parse()), r#"invalid instance-id "..": '.' and '..' are not allowed"#);
+        assert_eq!(
+            msg("a/b".parse()),
+            r#"invalid instance-id "a/b": character '/' is not allowed (printable ASCII without '/' or spaces)"#
+        );
+        let msg = |r: Result<NicName, ValueError>| r.unwrap_err().to_string();
+        assert_eq!(msg("".parse()), r#"invalid interface name "": empty"#);
+        assert_eq!(
+            msg("abcdefghijklmnop".parse()),
+            r#"invalid interface name "abcdefghijklmnop": longer than 15 bytes"#
+        );
+        assert_eq!(msg(".".parse()), r#"invalid interface name ".": '.' and '..' are not allowed"#);
+        assert_eq!(
+            msg("eth0:1".parse()),
+            r#"invalid interface name "eth0:1": character ':' is not allowed"#
+        );
+        for (json, want) in [
+            ("0", r#"invalid port "0": must be 1-65535"#),
+            ("70000", r#"invalid port "70000": not a number in 1-65535"#),
+            (r#""x""#, r#"invalid port "x": not a number in 1-65535"#),
+        ] {
+            assert_eq!(serde_json::from_str::<Port>(json).unwrap_err().to_string(), want);
+        }
+        assert_eq!(serde_json::from_str::<Port>(r#""443""#).unwrap().get(), 443);
+        assert_eq!(serde_json::from_str::<UnixMode>("755").unwrap().bits(), 0o755);
+        assert_eq!(
+            serde_json::from_str::<UnixMode>("8").unwrap_err().to_string(),
+            r#"invalid permissions "8": not an octal mode like "0644""#
+        );
+        // the string newtypes: Display, as_str and serde agree
+        let n: NicName = serde_json::from_str(r#""ens192""#).unwrap();
+        assert_eq!((n.as_str(), n.to_string()), ("ens192", "ens192".to_string()));
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#""ens192""#);
+        let h: Hostname = "Node-1.example.com".parse().unwrap();
+        assert_eq!(serde_json::to_string(&h).unwrap(), r#""Node-1.example.com""#);
+        assert_eq!(h.as_fqdn().unwrap().as_str(), "Node-1.example.com");
+        assert!(serde_json::from_str::<InstanceId>(r#""a b""#).is_err());
     }
 }
