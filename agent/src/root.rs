@@ -9,29 +9,49 @@
 //! root is refused, not clamped, because a path that tries to is hostile and the operator should
 //! hear about it. Resolution and the later open are two system calls, so a process racing us
 //! inside the root could swap a directory for a symlink in between; first boot runs before any
-//! such process exists, which is why plain path resolution is enough here.
+//! such process exists, which is why plain path resolution is enough here. Once a component is
+//! missing, the ones below it cannot exist, so they are taken literally without asking the
+//! kernel (first boot creates most of what it writes; probing each missing path was most of its
+//! system calls).
 //!
-//! Writes are atomic: a temp file in the same directory, written, mode and owner set, then
-//! renamed over the target, so a reader sees the old file or the new one, never a torn one.
+//! # Writes: atomic, staged, and durable in batches
 //!
-//! Durability is batched, because fsync is most of what first boot costs (it writes dozens of
-//! files; one fsync was ~7 ms on a busy host, the rest of a whole run ~10 ms):
-//! - a write that *replaces* an existing file fsyncs the temp file before the rename, so a
-//!   crash cannot leave `/etc/passwd` empty;
-//! - a write that *creates* a file defers its fsync; [`Root::sync`] then fsyncs every file
-//!   created and every directory renamed into since the last call. The steps call it at the end
-//!   of a run, before the caller records the run: a crash before that only means the steps run
-//!   again and write the files again. (`syncfs` would be one call, but it flushes every other
-//!   process's dirty data on the filesystem too.)
+//! Every write is a temp file in the target's directory (written, owner and mode set) renamed
+//! over the target, so a reader sees the old file or the new one, never a torn one.
+//!
+//! fsync is most of what first boot costs (it writes ~45 files; one fsync forces one journal
+//! commit), so durability is batched instead of paid per file:
+//!
+//! - **Staging** ([`Root::stage`]): while a [`Staging`] is open, writes, appends and removals
+//!   are only prepared — temp files written, nothing renamed — and reads, `exists` and `list`
+//!   see the staged result. [`Staging::commit`] then, if any staged file replaces an existing
+//!   one, makes the temp files durable with one [`Root::sync`] *before* the first rename, and
+//!   renames them all; dropping the staging instead deletes the temps and changes nothing. The
+//!   first-boot runner stages each step, so a failed step leaves no file changed and a step's
+//!   related files (`passwd`, `shadow`, `group`, `gshadow`) are renamed together.
+//! - **Outside a staging**, a write that replaces an existing file fsyncs its temp before the
+//!   rename (one commit); a write that creates a file defers its durability.
+//! - [`Root::sync`] makes everything written so far durable: one `syncfs(2)` per filesystem
+//!   written to (a guest `/var` or `/home` may be its own mount). The runner calls it after the
+//!   last step and before the run is recorded in state, so the record never claims a write that
+//!   a crash could lose.
+//!
+//! What a crash can leave, at any point: a file that existed before holds its old content or
+//! its new content, whole (its new content was durable before the rename); a file the run
+//! created may be missing or empty, and directories may be half created — but the run was not
+//! recorded, so the next boot runs the steps again and they rewrite it. `syncfs` also flushes
+//! other processes' dirty data on the same filesystem; at first boot there is next to none.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
 
 /// How many symlinks one resolution may follow (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
@@ -101,12 +121,62 @@ impl Default for FileOpts {
 #[derive(Debug, Clone)]
 pub struct Root {
     base: PathBuf,
-    /// Files created and directories renamed into, not yet made durable (see [`Root::sync`]).
-    dirty: Arc<Mutex<BTreeSet<PathBuf>>>,
+    /// Filesystems written to since the last [`Root::sync`]: device number -> a directory on it.
+    dirty: Arc<Mutex<BTreeMap<u64, PathBuf>>>,
+    /// Open stagings, one per thread (see [`Root::stage`]): a clone of this handle used by
+    /// another thread at the same time writes directly, not into this thread's staging.
+    stage: Arc<Mutex<HashMap<ThreadId, Stage>>>,
+}
+
+/// Staged changes, in the order they were made.
+#[derive(Debug, Default)]
+struct Stage {
+    /// How many [`Staging`] guards are open (nested ones join the outermost).
+    depth: usize,
+    ops: Vec<Staged>,
+}
+
+#[derive(Debug)]
+struct Staged {
+    /// Host path of the file to replace or remove.
+    target: PathBuf,
+    /// `Some(temp)`: rename `temp` over `target`; `None`: remove `target`.
+    temp: Option<PathBuf>,
+    /// The target existed when this was staged.
+    replacing: bool,
+}
+
+impl Stage {
+    fn find(&self, target: &Path) -> Option<usize> {
+        self.ops.iter().position(|o| o.target == target)
+    }
+}
+
+/// What resolution found at the end of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The last component does not exist; its directory does.
+    Missing,
+    /// A directory above the last component does not exist either.
+    ParentMissing,
+    /// Something that is not a directory.
+    File,
+    /// A directory.
+    Dir,
+}
+
+impl Found {
+    fn exists(self) -> bool {
+        matches!(self, Found::File | Found::Dir)
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootError + 'a {
     move |source| RootError::Io { op, path: path.display().to_string(), source }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Root {
@@ -120,7 +190,7 @@ impl Root {
                 why: "root is not a directory",
             });
         }
-        Ok(Root { base, dirty: Arc::default() })
+        Ok(Root { base, dirty: Arc::default(), stage: Arc::default() })
     }
 
     /// The host directory this root stands for.
@@ -137,24 +207,40 @@ impl Root {
     /// following symlinks inside the root. The last component need not exist; missing
     /// intermediate directories are fine too (they are taken literally).
     pub fn resolve(&self, guest: impl AsRef<Path>) -> Result<PathBuf, RootError> {
-        let guest = guest.as_ref();
-        let shown = guest.display().to_string();
+        self.resolve_found(guest.as_ref()).map(|(p, _)| p)
+    }
+
+    /// [`Root::resolve`], also saying what is at the end of the path.
+    fn resolve_found(&self, guest: &Path) -> Result<(PathBuf, Found), RootError> {
+        let shown = || guest.display().to_string();
         if guest.as_os_str().is_empty() {
-            return Err(RootError::BadPath { path: shown, why: "empty path" });
+            return Err(RootError::BadPath { path: shown(), why: "empty path" });
         }
         // Components still to walk, in reverse so that pop() gives the next one.
         let mut todo: Vec<OsString> = Vec::new();
-        push_components(&mut todo, guest, &shown)?;
+        push_components(&mut todo, guest, guest)?;
         let mut stack: Vec<OsString> = Vec::new(); // resolved components below the root
         let mut links = 0usize;
+        let mut found = Found::Dir; // the root itself
+                                    // Depth of the first component that does not exist: nothing below it can exist.
+        let mut missing_at: Option<usize> = None;
         while let Some(c) = todo.pop() {
             if c == ".." {
                 if stack.pop().is_none() {
                     return Err(RootError::Escape {
-                        path: shown,
+                        path: shown(),
                         why: "'..' climbs above the root".into(),
                     });
                 }
+                if missing_at.is_some_and(|m| stack.len() <= m) {
+                    missing_at = None;
+                }
+                found = if missing_at.is_some() { Found::ParentMissing } else { Found::Dir };
+                continue;
+            }
+            if let Some(m) = missing_at {
+                stack.push(c);
+                found = if stack.len() == m + 1 { Found::Missing } else { Found::ParentMissing };
                 continue;
             }
             let mut candidate = self.base.clone();
@@ -164,61 +250,114 @@ impl Root {
                 Ok(m) if m.file_type().is_symlink() => {
                     links += 1;
                     if links > MAX_SYMLINKS {
-                        return Err(RootError::SymlinkLoop { path: shown });
+                        return Err(RootError::SymlinkLoop { path: shown() });
                     }
                     let target = fs::read_link(&candidate).map_err(io_err("readlink", guest))?;
                     if target.is_absolute() {
                         stack.clear();
                     }
-                    push_components(&mut todo, &target, &shown)?;
+                    push_components(&mut todo, &target, guest)?;
+                    found = Found::Dir; // a target of `/` or `.` ends at a directory
                 }
-                Ok(_) => stack.push(c),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => stack.push(c),
-                Err(e) if e.raw_os_error() == Some(20) => {
-                    // ENOTDIR: a file in the middle of the path
-                    return Err(RootError::Io { op: "resolve", path: shown, source: e });
+                Ok(m) => {
+                    found = if m.is_dir() { Found::Dir } else { Found::File };
+                    stack.push(c);
                 }
-                Err(e) => return Err(RootError::Io { op: "resolve", path: shown, source: e }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    missing_at = Some(stack.len());
+                    found = Found::Missing;
+                    stack.push(c);
+                }
+                // ENOTDIR (a file in the middle of the path) and anything else
+                Err(e) => return Err(RootError::Io { op: "resolve", path: shown(), source: e }),
             }
         }
         let mut out = self.base.clone();
         out.extend(&stack);
-        Ok(out)
+        Ok((out, found))
     }
 
-    fn resolve_file(&self, guest: &Path) -> Result<PathBuf, RootError> {
-        let p = self.resolve(guest)?;
+    fn resolve_file(&self, guest: &Path) -> Result<(PathBuf, Found), RootError> {
+        let (p, found) = self.resolve_found(guest)?;
         if p == self.base {
             return Err(RootError::BadPath {
                 path: guest.display().to_string(),
                 why: "names the root directory, not a file",
             });
         }
-        Ok(p)
+        Ok((p, found))
     }
 
-    /// Makes every write so far durable: fsyncs each file created and each directory renamed
-    /// into since the last call (on ext4 the first fsync commits the journal for all of them,
-    /// the others are cheap). Call it before recording that the writes happened.
+    /// Makes every write so far durable: one `syncfs(2)` for each filesystem written to since
+    /// the last call, and always the root's own (so renames done outside this handle inside
+    /// the root are covered too). Call it before recording that the writes happened.
     pub fn sync(&self) -> Result<(), RootError> {
-        let paths = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
-        for p in paths {
-            match File::open(&p).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // removed since
-                Err(e) => {
-                    return Err(RootError::Io { op: "fsync", path: self.guest_of(&p), source: e })
-                }
+        let mut dirty = std::mem::take(&mut *lock(&self.dirty));
+        let base_dev = fs::metadata(&self.base).map_err(io_err("stat", &self.base))?.dev();
+        dirty.insert(base_dev, self.base.clone());
+        for dir in dirty.values() {
+            let syncfs = File::open(dir)
+                .and_then(|d| nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from));
+            if let Err(source) = syncfs {
+                return Err(RootError::Io { op: "syncfs", path: self.guest_of(dir), source });
             }
         }
         Ok(())
     }
 
+    fn mark_dirty(&self, dev: u64, dir: &Path) {
+        lock(&self.dirty).entry(dev).or_insert_with(|| dir.to_path_buf());
+    }
+
+    /// Opens a staging: until the returned guard is committed, [`Root::write`],
+    /// [`Root::append`] and [`Root::remove`] only prepare their change (temp files written,
+    /// nothing renamed or removed), and reads through this handle see the prepared state.
+    /// [`Staging::commit`] applies them all; dropping the guard discards them. Opening a
+    /// staging while one is open joins it: only the outermost guard commits or discards.
+    pub fn stage(&self) -> Staging<'_> {
+        lock(&self.stage).entry(std::thread::current().id()).or_default().depth += 1;
+        Staging { root: self, done: false }
+    }
+
+    /// Runs `f` with this thread's staging set aside: what `f` writes through this handle lands
+    /// at once. For what must survive the step's failure, such as the log of the commands a
+    /// step ran.
+    pub fn unstaged<R>(&self, f: impl FnOnce() -> R) -> R {
+        let id = std::thread::current().id();
+        let saved = lock(&self.stage).remove(&id);
+        let r = f();
+        if let Some(s) = saved {
+            lock(&self.stage).insert(id, s);
+        }
+        r
+    }
+
+    /// Runs `f` on this thread's open staging, or on `None` when there is none.
+    fn with_stage<R>(&self, f: impl FnOnce(Option<&mut Stage>) -> R) -> R {
+        let mut all = lock(&self.stage);
+        f(all.get_mut(&std::thread::current().id()))
+    }
+
+    /// The staged change for a host path, if any: `Some(Some(temp))` for a write,
+    /// `Some(None)` for a removal.
+    fn staged(&self, target: &Path) -> Option<Option<PathBuf>> {
+        self.with_stage(|st| {
+            let st = st?;
+            st.find(target).map(|i| st.ops[i].temp.clone())
+        })
+    }
+
     /// Reads a file; `Ok(None)` when it does not exist.
     pub fn read(&self, guest: impl AsRef<Path>) -> Result<Option<Vec<u8>>, RootError> {
         let guest = guest.as_ref();
-        let p = self.resolve_file(guest)?;
-        match fs::read(&p) {
+        let (p, found) = self.resolve_file(guest)?;
+        let from = match self.staged(&p) {
+            Some(Some(temp)) => temp,
+            Some(None) => return Ok(None),
+            None if !found.exists() => return Ok(None),
+            None => p,
+        };
+        match fs::read(&from) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => {
@@ -234,14 +373,34 @@ impl Root {
 
     /// True when the path exists (following symlinks inside the root).
     pub fn exists(&self, guest: impl AsRef<Path>) -> Result<bool, RootError> {
-        Ok(self.resolve(guest)?.exists())
+        let (p, found) = self.resolve_found(guest.as_ref())?;
+        Ok(match self.staged(&p) {
+            Some(staged) => staged.is_some(),
+            None => found.exists(),
+        })
     }
 
     /// `mkdir -p`: creates the directory and missing parents with `mode` (existing ones are left
-    /// as they are). `owner` applies to the directories this call creates.
+    /// as they are). `owner` applies to the directories this call creates. Directories are
+    /// created at once, staging or not (an empty directory is harmless).
     pub fn mkdir_all(&self, guest: impl AsRef<Path>, opts: FileOpts) -> Result<(), RootError> {
         let guest = guest.as_ref();
-        let p = self.resolve(guest)?;
+        let (p, found) = self.resolve_found(guest)?;
+        match found {
+            Found::Dir => Ok(()),
+            Found::File => Err(RootError::Io {
+                op: "mkdir",
+                path: guest.display().to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a directory",
+                ),
+            }),
+            Found::Missing | Found::ParentMissing => self.mkdir_host(guest, &p, opts),
+        }
+    }
+
+    fn mkdir_host(&self, guest: &Path, p: &Path, opts: FileOpts) -> Result<(), RootError> {
         let rel = p.strip_prefix(&self.base).unwrap_or(Path::new("")).to_path_buf();
         let mut cur = self.base.clone();
         for c in rel.components() {
@@ -271,11 +430,8 @@ impl Root {
                             .map_err(io_err("chown", guest))?;
                     }
                     // the new entry in the parent becomes durable with the next sync
-                    let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-                    dirty.insert(cur.clone());
-                    if let Some(parent) = cur.parent() {
-                        dirty.insert(parent.to_path_buf());
-                    }
+                    let dev = fs::symlink_metadata(&cur).map_err(io_err("stat", guest))?.dev();
+                    self.mark_dirty(dev, &cur);
                 }
                 Err(e) => {
                     return Err(RootError::Io {
@@ -290,7 +446,8 @@ impl Root {
     }
 
     /// Writes a whole file atomically with the given mode and owner, creating missing parent
-    /// directories (mode 0755, owned by the agent). Returns the host path written.
+    /// directories (mode 0755, owned by the agent). Returns the host path of the file (under a
+    /// staging, the file is there once the staging is committed).
     pub fn write(
         &self,
         guest: impl AsRef<Path>,
@@ -298,54 +455,8 @@ impl Root {
         opts: FileOpts,
     ) -> Result<PathBuf, RootError> {
         let guest = guest.as_ref();
-        let target = self.resolve_file(guest)?;
-        let dir = target.parent().unwrap_or(&self.base).to_path_buf();
-        if !dir.is_dir() {
-            self.mkdir_all(self.guest_of(&dir), FileOpts::mode(0o755))?;
-        }
-        if target.is_dir() {
-            return Err(RootError::BadPath {
-                path: guest.display().to_string(),
-                why: "is a directory",
-            });
-        }
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.capstan-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", guest))?;
-            f.write_all(contents).map_err(io_err("write", guest))?;
-            if let Some((u, g)) = opts.owner {
-                std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io_err("chown", guest))?;
-            }
-            // after chown: chown clears setuid/setgid bits
-            f.set_permissions(fs::Permissions::from_mode(opts.mode))
-                .map_err(io_err("chmod", guest))?;
-            let replacing = target.exists();
-            if replacing {
-                f.sync_all().map_err(io_err("fsync", guest))?;
-            }
-            fs::rename(&tmp, &target).map_err(io_err("rename", guest))?;
-            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            if !replacing {
-                dirty.insert(target.clone());
-            }
-            dirty.insert(dir.clone());
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map(|()| target)
+        let (target, found) = self.resolve_file(guest)?;
+        self.put(guest, target, found, contents, opts)
     }
 
     /// Appends to a file (creating it with `opts` if missing). Done as read + atomic rewrite so
@@ -357,34 +468,166 @@ impl Root {
         contents: &[u8],
         opts: FileOpts,
     ) -> Result<PathBuf, RootError> {
-        use std::os::unix::fs::MetadataExt;
         let guest = guest.as_ref();
-        let target = self.resolve_file(guest)?;
-        let (mut data, opts) = match fs::metadata(&target) {
-            Ok(m) => {
-                let old = fs::read(&target).map_err(io_err("read", guest))?;
+        let (target, found) = self.resolve_file(guest)?;
+        // the current content: a staged version, the file, or nothing
+        let current = match self.staged(&target) {
+            Some(Some(temp)) => Some(temp),
+            Some(None) => None,
+            None => found.exists().then(|| target.clone()),
+        };
+        let (data, opts) = match current {
+            Some(from) => {
+                let m = fs::metadata(&from).map_err(io_err("stat", guest))?;
+                let mut old = fs::read(&from).map_err(io_err("read", guest))?;
+                old.extend_from_slice(contents);
                 let owner = opts.owner.or(Some((m.uid(), m.gid())));
                 (old, FileOpts { mode: m.mode() & 0o7777, owner })
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), opts),
-            Err(e) => {
-                return Err(RootError::Io {
-                    op: "stat",
-                    path: guest.display().to_string(),
-                    source: e,
-                })
-            }
+            None => (contents.to_vec(), opts),
         };
-        data.extend_from_slice(contents);
-        self.write(guest, &data, opts)
+        self.put(guest, target, found, &data, opts)
+    }
+
+    /// The write behind [`Root::write`] and [`Root::append`]: a temp file next to `target`,
+    /// then a rename now (fsynced first when it replaces a file) or at commit when staging.
+    fn put(
+        &self,
+        guest: &Path,
+        target: PathBuf,
+        found: Found,
+        contents: &[u8],
+        opts: FileOpts,
+    ) -> Result<PathBuf, RootError> {
+        if found == Found::Dir {
+            return Err(RootError::BadPath {
+                path: guest.display().to_string(),
+                why: "is a directory",
+            });
+        }
+        let dir = target.parent().unwrap_or(&self.base).to_path_buf();
+        if found == Found::ParentMissing {
+            self.mkdir_host(guest, &dir, FileOpts::mode(0o755))?;
+        }
+        let (tmp, f) = self.write_temp(guest, &dir, &target, contents, opts)?;
+        let tmp = match self.with_stage(|st| match st {
+            Some(st) => {
+                match st.find(&target) {
+                    Some(i) => {
+                        if let Some(old) = st.ops[i].temp.replace(tmp) {
+                            let _ = fs::remove_file(old);
+                        }
+                    }
+                    None => st.ops.push(Staged {
+                        target: target.clone(),
+                        temp: Some(tmp),
+                        replacing: found == Found::File,
+                    }),
+                }
+                None
+            }
+            None => Some(tmp),
+        }) {
+            Some(tmp) => tmp,
+            None => return Ok(target), // staged
+        };
+        let result = (|| {
+            if found == Found::File {
+                // replacing: the new content must be on disk before the name points at it
+                f.sync_all().map_err(io_err("fsync", guest))?;
+            }
+            fs::rename(&tmp, &target).map_err(io_err("rename", guest))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| target)
+    }
+
+    /// Creates a uniquely named temp file in `dir` with `contents`, owner and mode set; the
+    /// filesystem it is on is marked dirty.
+    fn write_temp(
+        &self,
+        guest: &Path,
+        dir: &Path,
+        target: &Path,
+        contents: &[u8],
+        opts: FileOpts,
+    ) -> Result<(PathBuf, File), RootError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(
+            ".{name}.capstan-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", guest))?;
+        let result = (|| {
+            f.write_all(contents).map_err(io_err("write", guest))?;
+            if let Some((u, g)) = opts.owner {
+                std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io_err("chown", guest))?;
+            }
+            // after chown: chown clears setuid/setgid bits
+            f.set_permissions(fs::Permissions::from_mode(opts.mode))
+                .map_err(io_err("chmod", guest))?;
+            f.metadata().map_err(io_err("stat", guest))
+        })();
+        match result {
+            Ok(m) => {
+                self.mark_dirty(m.dev(), dir);
+                Ok((tmp, f))
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// Removes a file; a missing file is not an error. Returns whether something was removed.
+    /// Under a staging, the removal happens at commit.
     pub fn remove(&self, guest: impl AsRef<Path>) -> Result<bool, RootError> {
         let guest = guest.as_ref();
-        let p = self.resolve_file(guest)?;
+        let (p, found) = self.resolve_file(guest)?;
+        let staged = self.with_stage(|st| {
+            let st = st?;
+            Some(match st.find(&p) {
+                Some(i) => {
+                    let had = st.ops[i].temp.take();
+                    if let Some(temp) = &had {
+                        let _ = fs::remove_file(temp);
+                    }
+                    if !st.ops[i].replacing {
+                        st.ops.remove(i); // a staged creation: nothing left to do
+                    }
+                    had.is_some()
+                }
+                None if found.exists() => {
+                    st.ops.push(Staged { target: p.clone(), temp: None, replacing: true });
+                    true
+                }
+                None => false,
+            })
+        });
+        if let Some(removed) = staged {
+            return Ok(removed);
+        }
+        if !found.exists() {
+            return Ok(false);
+        }
         match fs::remove_file(&p) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                let dir = p.parent().unwrap_or(&self.base);
+                if let Ok(m) = fs::metadata(dir) {
+                    self.mark_dirty(m.dev(), dir);
+                }
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => {
                 Err(RootError::Io { op: "remove", path: guest.display().to_string(), source: e })
@@ -392,27 +635,36 @@ impl Root {
         }
     }
 
-    /// Lists the file names in a directory (sorted); empty when it does not exist.
+    /// Lists the file names in a directory (sorted); empty when it does not exist. Under a
+    /// staging, staged files are listed and staged removals are not.
     pub fn list(&self, guest: impl AsRef<Path>) -> Result<Vec<String>, RootError> {
         let guest = guest.as_ref();
-        let p = self.resolve(guest)?;
-        let rd = match fs::read_dir(&p) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(RootError::Io {
-                    op: "list",
-                    path: guest.display().to_string(),
-                    source: e,
-                })
-            }
-        };
+        let (p, found) = self.resolve_found(guest)?;
         let mut names = Vec::new();
-        for e in rd {
-            let e = e.map_err(io_err("list", guest))?;
-            names.push(e.file_name().to_string_lossy().into_owned());
+        if found.exists() {
+            let rd = fs::read_dir(&p).map_err(io_err("list", guest))?;
+            for e in rd {
+                let e = e.map_err(io_err("list", guest))?;
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
         }
+        self.with_stage(|st| {
+            let ops = st.map(|s| &s.ops[..]).unwrap_or_default();
+            for op in ops.iter().filter(|o| o.target.parent() == Some(p.as_path())) {
+                let name = op.target.file_name().map(|n| n.to_string_lossy().into_owned());
+                let temp = op.temp.as_ref().and_then(|t| t.file_name());
+                if let Some(t) = temp {
+                    names.retain(|n| n.as_str() != t.to_string_lossy());
+                }
+                match (name, temp) {
+                    (Some(n), Some(_)) => names.push(n),
+                    (Some(n), None) => names.retain(|x| *x != n),
+                    (None, _) => {}
+                }
+            }
+        });
         names.sort();
+        names.dedup();
         Ok(names)
     }
 
@@ -423,17 +675,105 @@ impl Root {
             Err(_) => host.display().to_string(),
         }
     }
+
+    /// Closes one level of this thread's staging; the staged changes when it was the outermost.
+    fn close_stage(&self) -> Option<Vec<Staged>> {
+        let mut all = lock(&self.stage);
+        let id = std::thread::current().id();
+        let st = all.get_mut(&id)?;
+        st.depth -= 1;
+        if st.depth > 0 {
+            return None;
+        }
+        all.remove(&id).map(|s| s.ops)
+    }
+
+    /// Applies staged changes in order. When one replaces an existing file, everything written
+    /// so far is made durable first, so no rename can point a name at content a crash loses.
+    fn commit_ops(&self, ops: Vec<Staged>) -> Result<usize, RootError> {
+        if ops.iter().any(|o| o.replacing && o.temp.is_some()) {
+            if let Err(e) = self.sync() {
+                discard(&ops);
+                return Err(e);
+            }
+        }
+        for (i, op) in ops.iter().enumerate() {
+            let (what, r) = match &op.temp {
+                Some(temp) => ("rename", fs::rename(temp, &op.target)),
+                None => match fs::remove_file(&op.target) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => ("remove", Ok(())),
+                    r => ("remove", r),
+                },
+            };
+            if let Err(source) = r {
+                discard(&ops[i..]);
+                return Err(RootError::Io { op: what, path: self.guest_of(&op.target), source });
+            }
+            if op.temp.is_none() {
+                let dir = op.target.parent().unwrap_or(&self.base);
+                if let Ok(m) = fs::metadata(dir) {
+                    self.mark_dirty(m.dev(), dir);
+                }
+            }
+        }
+        Ok(ops.len())
+    }
+}
+
+/// Deletes the temp files of staged changes that will not be applied.
+fn discard(ops: &[Staged]) {
+    for t in ops.iter().filter_map(|o| o.temp.as_ref()) {
+        let _ = fs::remove_file(t);
+    }
+}
+
+/// An open staging of a [`Root`] (see [`Root::stage`]). Dropping it discards what it staged.
+#[derive(Debug)]
+#[must_use = "dropping a staging discards its changes; call commit()"]
+pub struct Staging<'a> {
+    root: &'a Root,
+    done: bool,
+}
+
+impl Staging<'_> {
+    /// Applies the staged changes (see [`Root::stage`]) and returns how many there were. On
+    /// error the changes not yet applied are discarded. A nested staging commits nothing: its
+    /// changes stay staged for the outermost one.
+    pub fn commit(mut self) -> Result<usize, RootError> {
+        self.done = true;
+        match self.root.close_stage() {
+            Some(ops) => self.root.commit_ops(ops),
+            None => Ok(0),
+        }
+    }
+
+    /// Discards the staged changes (as dropping the guard does).
+    pub fn rollback(self) {}
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(ops) = self.root.close_stage() {
+            discard(&ops);
+        }
+    }
 }
 
 /// Pushes the components of `p` onto `todo` (reversed, so they pop in order). Root and `.`
 /// components vanish; `..` is kept for the walker to judge.
-fn push_components(todo: &mut Vec<OsString>, p: &Path, shown: &str) -> Result<(), RootError> {
+fn push_components(todo: &mut Vec<OsString>, p: &Path, shown: &Path) -> Result<(), RootError> {
     let mut comps = Vec::new();
     for c in p.components() {
         match c {
             Component::RootDir | Component::CurDir => {}
             Component::Prefix(_) => {
-                return Err(RootError::BadPath { path: shown.to_owned(), why: "path prefix" })
+                return Err(RootError::BadPath {
+                    path: shown.display().to_string(),
+                    why: "path prefix",
+                })
             }
             Component::ParentDir => comps.push(OsString::from("..")),
             Component::Normal(n) => comps.push(n.to_os_string()),
@@ -442,7 +782,6 @@ fn push_components(todo: &mut Vec<OsString>, p: &Path, shown: &str) -> Result<()
     todo.extend(comps.into_iter().rev());
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,10 +822,9 @@ mod tests {
         );
         assert_eq!(r.list("/etc/a/b").unwrap(), vec!["c.conf"], "no temp file left");
         r.write("/etc/a/new", b"n", FileOpts::default()).unwrap();
-        // the root and three created directories, c.conf (created first) and the new file
-        assert_eq!(r.dirty.lock().unwrap().len(), 6);
+        assert_eq!(lock(&r.dirty).len(), 1, "one filesystem written to");
         r.sync().unwrap();
-        assert!(r.dirty.lock().unwrap().is_empty());
+        assert!(lock(&r.dirty).is_empty());
         r.write("/etc/a/gone", b"n", FileOpts::default()).unwrap();
         r.remove("/etc/a/gone").unwrap();
         r.sync().unwrap(); // a file removed before the sync is fine
@@ -494,5 +832,109 @@ mod tests {
         assert!(!r.remove("/etc/a/b/c.conf").unwrap());
         assert!(r.read("/nope").unwrap().is_none());
         assert!(matches!(r.write("/", b"x", FileOpts::default()), Err(RootError::BadPath { .. })));
+    }
+
+    #[test]
+    fn missing_components_are_not_probed_but_dotdot_still_is() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let b = r.base().to_path_buf();
+        fs::create_dir_all(b.join("etc")).unwrap();
+        symlink("../../..", b.join("etc/up")).unwrap();
+        assert_eq!(r.resolve_found(Path::new("/etc/x")).unwrap().1, Found::Missing);
+        assert_eq!(r.resolve_found(Path::new("/etc/x/y/z")).unwrap().1, Found::ParentMissing);
+        assert_eq!(r.resolve_found(Path::new("/etc")).unwrap().1, Found::Dir);
+        assert_eq!(r.resolve_found(Path::new("/etc/x/..")).unwrap().1, Found::Dir);
+        // climbing back out of a missing directory walks real components again
+        assert!(matches!(r.resolve("/etc/x/../up/y"), Err(RootError::Escape { .. })));
+        fs::write(b.join("etc/f"), "f").unwrap();
+        assert_eq!(r.resolve_found(Path::new("/etc/x/../f")).unwrap().1, Found::File);
+        r.write("/etc/x/y/z", b"z", FileOpts::default()).unwrap();
+        assert_eq!(fs::read(b.join("etc/x/y/z")).unwrap(), b"z");
+    }
+
+    #[test]
+    fn staged_writes_land_at_commit_and_vanish_on_drop() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let b = r.base().to_path_buf();
+        r.write("/etc/passwd", b"old\n", FileOpts::mode(0o644)).unwrap();
+        r.write("/etc/gone", b"bye", FileOpts::mode(0o644)).unwrap();
+        {
+            let s = r.stage();
+            r.write("/etc/passwd", b"new\n", FileOpts::mode(0o644)).unwrap();
+            r.append("/etc/passwd", b"more\n", FileOpts::mode(0o600)).unwrap();
+            r.write("/etc/new/file", b"n", FileOpts::mode(0o600)).unwrap();
+            assert!(r.remove("/etc/gone").unwrap());
+            // this handle sees the staged state, the disk does not have it yet
+            assert_eq!(r.read_string("/etc/passwd").unwrap().unwrap(), "new\nmore\n");
+            assert!(r.exists("/etc/new/file").unwrap() && !r.exists("/etc/gone").unwrap());
+            assert_eq!(r.list("/etc").unwrap(), vec!["new", "passwd"], "no temp names listed");
+            assert_eq!(fs::read(b.join("etc/passwd")).unwrap(), b"old\n");
+            assert!(!b.join("etc/new/file").exists() && b.join("etc/gone").exists());
+            // a nested staging joins the outer one
+            let inner = r.stage();
+            r.write("/etc/hosts", b"h", FileOpts::default()).unwrap();
+            assert_eq!(inner.commit().unwrap(), 0);
+            assert!(!b.join("etc/hosts").exists());
+            drop(s); // discarded
+        }
+        assert_eq!(fs::read(b.join("etc/passwd")).unwrap(), b"old\n");
+        assert!(b.join("etc/gone").exists() && !b.join("etc/hosts").exists());
+        assert_eq!(r.list("/etc").unwrap(), vec!["gone", "new", "passwd"], "no temp left");
+        assert!(r.list("/etc/new").unwrap().is_empty());
+
+        let s = r.stage();
+        r.write("/etc/passwd", b"new\n", FileOpts::mode(0o640)).unwrap();
+        r.write("/etc/new/file", b"n", FileOpts::mode(0o600)).unwrap();
+        r.write("/etc/tmpfile", b"t", FileOpts::mode(0o600)).unwrap();
+        assert!(r.remove("/etc/tmpfile").unwrap(), "a staged creation removed again");
+        assert!(r.remove("/etc/gone").unwrap());
+        assert!(!r.remove("/etc/gone").unwrap());
+        assert_eq!(s.commit().unwrap(), 3);
+        assert_eq!(fs::read(b.join("etc/passwd")).unwrap(), b"new\n");
+        assert_eq!(fs::metadata(b.join("etc/passwd")).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read(b.join("etc/new/file")).unwrap(), b"n");
+        assert!(!b.join("etc/gone").exists() && !b.join("etc/tmpfile").exists());
+        assert_eq!(r.list("/etc").unwrap(), vec!["new", "passwd"]);
+        r.sync().unwrap();
+    }
+
+    #[test]
+    fn a_failed_commit_discards_the_rest() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let b = r.base().to_path_buf();
+        let s = r.stage();
+        r.write("/a", b"a", FileOpts::default()).unwrap();
+        r.write("/d/b", b"b", FileOpts::default()).unwrap();
+        r.write("/c", b"c", FileOpts::default()).unwrap();
+        // the target of the second rename becomes a non-empty directory before the commit
+        fs::remove_dir_all(b.join("d")).unwrap();
+        let e = s.commit().unwrap_err();
+        assert!(e.to_string().contains("rename /d/b"), "{e}");
+        assert!(b.join("a").exists() && !b.join("c").exists());
+        assert_eq!(r.list("/").unwrap(), vec!["a"], "no temp file left");
+    }
+
+    #[test]
+    fn another_thread_writes_through_a_clone_directly() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let s = r.stage();
+        r.write("/mine", b"1", FileOpts::default()).unwrap();
+        let r2 = r.clone();
+        std::thread::spawn(move || r2.write("/theirs", b"2", FileOpts::default()).unwrap())
+            .join()
+            .unwrap();
+        assert!(r.base().join("theirs").exists() && !r.base().join("mine").exists());
+        drop(s);
+        assert!(!r.base().join("mine").exists());
+        let s = r.stage();
+        r.write("/staged", b"1", FileOpts::default()).unwrap();
+        r.unstaged(|| r.append("/log", b"x", FileOpts::default())).unwrap();
+        assert!(r.base().join("log").exists() && !r.base().join("staged").exists());
+        drop(s);
+        assert!(r.base().join("log").exists() && !r.base().join("staged").exists());
     }
 }

@@ -221,22 +221,30 @@ impl State {
         let json = serde_json::to_vec(&all)
             .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source })?;
         self.root.write(&path, &json, FileOpts::mode(0o600))?;
+        // durable before the caller overwrites the originals in guestinfo
+        self.root.sync()?;
         Ok(())
     }
 
-    /// Records a run: the status file first, then the current instance-id (the completion
-    /// marker), each written atomically.
+    /// Records a run: the status file (whose `done` set is the per-instance completion record),
+    /// then the current instance-id, staged and applied together, then made durable. Call it
+    /// only after the run's own writes are durable ([`Root::sync`]): a record must never
+    /// survive a crash that its writes did not. Either file surviving without the other is
+    /// safe: a missing or older status only makes the next boot run steps again.
     pub fn save(&self, status: &Status) -> Result<(), StateError> {
         let mut json = serde_json::to_vec_pretty(status)
             .map_err(|source| StateError::Corrupt { path: "status".into(), source })?;
         json.push(b'\n');
         let dir = Self::instance_dir(&status.instance_id);
+        let staging = self.root.stage();
         self.root.write(dir.join("status.json"), &json, FileOpts::mode(0o600))?;
         self.root.write(
             PathBuf::from(STATE_DIR).join("instance-id"),
             format!("{}\n", status.instance_id).as_bytes(),
             FileOpts::mode(0o644),
         )?;
+        staging.commit()?;
+        self.root.sync()?;
         Ok(())
     }
 }

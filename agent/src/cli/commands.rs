@@ -88,7 +88,10 @@ pub fn apply_gathered(
     let mut records = steps::run(root, &plan, mode, &per_instance);
     apply_issues(&mut records, g, &issues, gather_ms);
     let mut done = done;
-    done.extend(records.iter().filter(|r| r.status == StepStatus::Ok).map(|r| r.name.clone()));
+    // Steps count as done only when their writes are durable (no failed final sync).
+    if !records.iter().any(|r| r.name == steps::SYNC_STEP) {
+        done.extend(records.iter().filter(|r| r.status == StepStatus::Ok).map(|r| r.name.clone()));
+    }
     // The steps log themselves; issues charged to them by the sources are logged here.
     for i in &issues {
         tracing::error!(step = i.step, "{}", i.message);

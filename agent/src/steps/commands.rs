@@ -95,7 +95,10 @@ fn run_all(ctx: &Ctx<'_>, which: &str, cmds: &[Command]) -> Result<Outcome, Step
             }
         }
     }
-    if let Err(e) = ctx.root.append(LOG, log.as_bytes(), FileOpts::mode(0o600)) {
+    // The log is kept even when the step fails (and its staged files are discarded).
+    if let Err(e) =
+        ctx.root.unstaged(|| ctx.root.append(LOG, log.as_bytes(), FileOpts::mode(0o600)))
+    {
         tracing::warn!("could not keep command output in {LOG}: {}", super::error_chain(&e));
     }
     if failures.is_empty() {

@@ -271,38 +271,41 @@ pub(crate) fn ssh_host_keys(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
         cleanup(&made);
         return Err(StepError::msg(msg));
     }
+    // The generated keys go through the root like every other write (staged: they land
+    // together when the step succeeds); ssh-keygen's own files are only read.
+    let mut keys: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    if let Some((key, line)) = ed25519 {
+        keys.push(("/etc/ssh/ssh_host_ed25519_key".into(), key.into_bytes(), line.into_bytes()));
+    }
+    for (tmp, dst) in &made {
+        let read =
+            std::fs::read(tmp).and_then(|k| Ok((k, std::fs::read(tmp.with_extension("pub"))?)));
+        match read {
+            Ok((k, p)) => keys.push((root.guest_of(dst), k, p)),
+            Err(e) => {
+                cleanup(&made);
+                return Err(StepError::wrap(format!("read the new {}", root.guest_of(dst)), e));
+            }
+        }
+    }
+    cleanup(&made);
     // Old keys of every type go: they are the template's, shared by all its clones.
     for name in root.list("/etc/ssh").map_err(|e| StepError::wrap("list /etc/ssh", e))? {
-        if name.starts_with("ssh_host_") && (name.ends_with("_key") || name.ends_with("_key.pub")) {
-            root.remove(format!("/etc/ssh/{name}"))
-                .map_err(|e| StepError::wrap(format!("remove /etc/ssh/{name}"), e))?;
+        let path = format!("/etc/ssh/{name}");
+        let stale = name.starts_with("ssh_host_")
+            && (name.ends_with("_key") || name.ends_with("_key.pub"))
+            && !keys.iter().any(|(k, _, _)| path == *k || path == format!("{k}.pub"));
+        if stale {
+            root.remove(&path).map_err(|e| StepError::wrap(format!("remove {path}"), e))?;
         }
     }
     let mut names = Vec::new();
-    if let Some((key, line)) = &ed25519 {
-        const KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
-        root.write(KEY, key.as_bytes(), FileOpts::mode(0o600))
-            .map_err(|e| StepError::wrap(format!("write {KEY}"), e))?;
-        root.write(format!("{KEY}.pub"), line.as_bytes(), FileOpts::mode(0o644))
-            .map_err(|e| StepError::wrap(format!("write {KEY}.pub"), e))?;
-        names.push(KEY.to_string());
-    }
-    for (tmp, dst) in &made {
-        let pubtmp = tmp.with_extension("pub");
-        let set = |p: &std::path::Path, mode| {
-            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode))
-        };
-        let step = set(tmp, 0o600)
-            .and_then(|()| set(&pubtmp, 0o644))
-            .and_then(|()| std::fs::rename(tmp, dst))
-            .and_then(|()| std::fs::rename(&pubtmp, dst.with_extension("pub")));
-        step.map_err(|e| StepError::wrap(format!("install {}", root.guest_of(dst)), e))?;
-        names.push(root.guest_of(dst));
-    }
-    if !made.is_empty() {
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StepError::wrap("fsync /etc/ssh", e))?;
+    for (path, key, line) in &keys {
+        root.write(path, key, FileOpts::mode(0o600))
+            .map_err(|e| StepError::wrap(format!("write {path}"), e))?;
+        root.write(format!("{path}.pub"), line, FileOpts::mode(0o644))
+            .map_err(|e| StepError::wrap(format!("write {path}.pub"), e))?;
+        names.push(path.clone());
     }
     Ok(Outcome::Ok(format!("generated {}", names.join(", "))))
 }

@@ -317,12 +317,20 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         ("write-files-deferred", |c| files::write_files(c, true)),
         ("runcmd", commands::runcmd),
     ];
-    let mut out = Vec::with_capacity(steps.len());
+    let mut out = Vec::with_capacity(steps.len() + 1);
     for (name, f) in steps {
         let span = tracing::info_span!("step", name);
         let _g = span.enter();
         let t = Instant::now();
-        let result = f(&ctx);
+        // Each step's file changes are staged and land together when it succeeds; a failed
+        // step changes no file (its directories may stay, empty).
+        let staging = root.stage();
+        let result = f(&ctx).and_then(|outcome| {
+            staging
+                .commit()
+                .map(|_| outcome)
+                .map_err(|e| StepError::wrap("apply the step's file changes", e))
+        });
         let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
         let rec = match result {
             Ok(Outcome::Ok(detail)) => {
@@ -359,17 +367,31 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         };
         out.push(rec);
     }
-    // one sync for all the steps' renames, before the caller records them as done
+    // One sync for all the steps' writes, before the caller records them as done. If it
+    // fails, a `sync` record says so: the caller must not count this run's steps as done.
     let t = Instant::now();
-    match root.sync() {
-        Ok(()) => tracing::debug!(
-            duration_ms = t.elapsed().as_millis() as u64,
-            "first-boot writes synced"
-        ),
-        Err(e) => tracing::error!("making the first-boot writes durable: {}", error_chain(&e)),
+    let synced = root.sync();
+    let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match synced {
+        Ok(()) => tracing::debug!(duration_ms, "first-boot writes synced"),
+        Err(e) => {
+            let error = error_chain(&e);
+            tracing::error!("making the first-boot writes durable: {error}");
+            out.push(StepRecord {
+                name: SYNC_STEP.into(),
+                status: StepStatus::Failed,
+                detail: "the steps' writes may not survive a crash; they run again".into(),
+                error: Some(error),
+                duration_ms,
+            });
+        }
     }
     out
 }
+
+/// The record [`run`] adds when the final sync fails. Then no step of the run is durable, so
+/// none may be recorded as done for the instance.
+pub const SYNC_STEP: &str = "sync";
 
 /// The `network` step: validate all, render all, then write all; remove our stale files.
 fn network_files(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {

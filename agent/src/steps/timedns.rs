@@ -101,12 +101,22 @@ pub(crate) fn converge(
     path: &str,
     content: Option<String>,
 ) -> Result<String, StepError> {
+    converge_mode(ctx, path, content, 0o644)
+}
+
+/// [`converge`] for a file with another mode than 0644.
+pub(crate) fn converge_mode(
+    ctx: &Ctx<'_>,
+    path: &str,
+    content: Option<String>,
+    mode: u32,
+) -> Result<String, StepError> {
     let old = ctx.root.read(path).map_err(|e| StepError::wrap(format!("read {path}"), e))?;
     match content {
         Some(c) if old.as_deref() == Some(c.as_bytes()) => Ok(format!("{path} unchanged")),
         Some(c) => {
             ctx.root
-                .write(path, c.as_bytes(), FileOpts::mode(0o644))
+                .write(path, c.as_bytes(), FileOpts::mode(mode))
                 .map_err(|e| StepError::wrap(format!("write {path}"), e))?;
             Ok(format!("wrote {path}"))
         }

@@ -469,13 +469,8 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
             keys += u.ssh_authorized_keys.len();
         }
     }
-    let sudo_did = super::timedns::converge(ctx, SUDOERS, sudo.clone())?;
     // sudoers must be 0440 to be read by sudo
-    if sudo.is_some() {
-        let p = root.resolve(SUDOERS).map_err(|e| StepError::wrap(SUDOERS, e))?;
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o440))
-            .map_err(|e| StepError::wrap(format!("chmod {SUDOERS}"), e))?;
-    }
+    let sudo_did = super::timedns::converge_mode(ctx, SUDOERS, sudo, 0o440)?;
     Ok(Outcome::Ok(format!(
         "{} user(s) ({} created: {}), {files} account file(s) written, {keys} key(s), sudo: {sudo_did}",
         plan.users.len(),
