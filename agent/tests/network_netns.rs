@@ -129,6 +129,17 @@ fn capv_config_applied_over_netlink_in_a_namespace() {
     assert!(report.missing.is_empty(), "{report:?}");
     assert_eq!(report.lines.len(), 3);
 
+    // list_links (the same netlink session helper as apply) sees the result from inside
+    let listed = ns.run(netlink::list_links).expect("list links");
+    let named = |n: &str| listed.iter().find(|l| l.name == n).cloned();
+    assert_eq!(
+        named("eth0").and_then(|l| l.mac).map(|m| m.to_string()).as_deref(),
+        Some("00:50:56:a5:00:01")
+    );
+    assert_eq!(named("eth2").and_then(|l| l.mtu), Some(1400));
+    assert!(named("eth0").is_some_and(|l| l.up));
+    assert!(named("other0").is_some() && named("ens192").is_none(), "{listed:?}");
+
     let links = ns.json(&["addr", "show"]);
     let eth0 = link_by_mac(&links, "00:50:56:a5:00:01");
     let eth1 = link_by_mac(&links, "00:50:56:a5:00:02");

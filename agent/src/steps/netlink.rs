@@ -200,21 +200,15 @@ async fn apply_nic(h: &Handle, nic: &Nic, all: &[Link]) -> Result<Option<String>
     }
     // routes: replace is idempotent
     let mut routes: Vec<(IpCidr, Option<IpAddr>, Option<u32>)> = Vec::new();
-    if let Some(g) = nic.gateway4 {
-        routes.push((
-            IpCidr::new(IpAddr::V4(0.into()), 0)
-                .map_err(|e| NetlinkError { what: id.clone(), source: e.into() })?,
-            Some(g.into()),
-            None,
-        ));
-    }
-    if let Some(g) = nic.gateway6 {
-        routes.push((
-            IpCidr::new(IpAddr::V6(0u128.into()), 0)
-                .map_err(|e| NetlinkError { what: id.clone(), source: e.into() })?,
-            Some(g.into()),
-            None,
-        ));
+    // default routes: 0.0.0.0/0 via gateway4, ::/0 via gateway6
+    let defaults = [
+        nic.gateway4.map(|g| (IpAddr::V4(0.into()), IpAddr::V4(g))),
+        nic.gateway6.map(|g| (IpAddr::V6(0u128.into()), IpAddr::V6(g))),
+    ];
+    for (any, g) in defaults.into_iter().flatten() {
+        let to =
+            IpCidr::new(any, 0).map_err(|e| NetlinkError { what: id.clone(), source: e.into() })?;
+        routes.push((to, Some(g), None));
     }
     routes.extend(nic.routes.iter().map(|r| (r.to, r.via, r.metric)));
     for (to, via, metric) in routes {
@@ -251,11 +245,12 @@ async fn apply_nic(h: &Handle, nic: &Nic, all: &[Link]) -> Result<Option<String>
     )))
 }
 
-/// Applies a validated config to the links of the current network namespace.
-///
-/// Runs its own single-threaded runtime, so it can be called from a thread that joined
-/// another namespace with `setns` (how the tests drive it).
-pub fn apply(cfg: &NetworkConfig) -> Result<ApplyReport, NetlinkError> {
+/// Runs `f` with a netlink handle, on a single-threaded runtime of its own, so it can be called
+/// from a thread that joined another namespace with `setns` (how the tests drive it).
+fn with_netlink<T, F>(f: impl FnOnce(Handle) -> F) -> Result<T, NetlinkError>
+where
+    F: std::future::Future<Output = Result<T, NetlinkError>>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -266,40 +261,32 @@ pub fn apply(cfg: &NetworkConfig) -> Result<ApplyReport, NetlinkError> {
             source: Box::new(e),
         })?;
         let task = tokio::spawn(conn);
-        let mut report = ApplyReport::default();
-        let result = async {
-            for nic in &cfg.nics {
-                // re-read links: an earlier rename changes names
-                let all = links(&handle).await?;
-                match apply_nic(&handle, nic, &all).await? {
-                    Some(line) => report.lines.push(line),
-                    None => report.missing.push(nic.id.clone()),
-                }
-            }
-            Ok::<(), NetlinkError>(())
-        }
-        .await;
+        let r = f(handle).await;
         task.abort();
-        result.map(|()| report)
+        r
+    })
+}
+
+/// Applies a validated config to the links of the current network namespace (see
+/// [`with_netlink`] for calling it from another namespace).
+pub fn apply(cfg: &NetworkConfig) -> Result<ApplyReport, NetlinkError> {
+    with_netlink(|handle| async move {
+        let mut report = ApplyReport::default();
+        for nic in &cfg.nics {
+            // re-read links: an earlier rename changes names
+            let all = links(&handle).await?;
+            match apply_nic(&handle, nic, &all).await? {
+                Some(line) => report.lines.push(line),
+                None => report.missing.push(nic.id.clone()),
+            }
+        }
+        Ok(report)
     })
 }
 
 /// Lists the links of the current network namespace.
 pub fn list_links() -> Result<Vec<Link>, NetlinkError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| NetlinkError { what: "start netlink runtime".into(), source: Box::new(e) })?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
-            what: "open netlink socket".into(),
-            source: Box::new(e),
-        })?;
-        let task = tokio::spawn(conn);
-        let r = links(&handle).await;
-        task.abort();
-        r
-    })
+    with_netlink(|handle| async move { links(&handle).await })
 }
 
 pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
