@@ -50,6 +50,26 @@ pub fn lb_image() -> PathBuf {
     DIR.get_or_init(|| build_into("lb", &e2e_dir().join("lb"), &[])).clone()
 }
 
+/// Builds (or reuses) the node image (no `--kube-bin`: the template as built without
+/// Kubernetes binaries); returns its output directory (node.ova, node.qcow2, node.build.json).
+pub fn node_image() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_into("node", &e2e_dir().join("node"), &[])).clone()
+}
+
+/// Runs `capstan build PROFILE -o OUT --agent-bin .. EXTRA` with the shared stage cache and
+/// returns its output, successful or not (for tests of the builder's errors).
+pub fn try_build(profile: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let agent = capstan_e2e::workspace_bin("capstan-agent", "capstan-agent");
+    let cache = e2e_dir().join("cache");
+    Command::new(capstan())
+        .current_dir(capstan_e2e::workspace_root())
+        .args(["build", profile, "-o", s(out), "--agent-bin", s(&agent), "--cache", s(&cache)])
+        .args(extra)
+        .output()
+        .expect("run capstan build")
+}
+
 /// Builds lb again into `out`, redoing every stage after the cached rootfs.
 pub fn rebuild_lb(out: &Path) -> PathBuf {
     build_into("lb", out, &["--rebuild", "customize,disk,outputs"])
