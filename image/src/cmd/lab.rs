@@ -1,5 +1,5 @@
 //! `capstan lab run IMAGE [--prop KEY=VALUE]... [--guestinfo KEY=VALUE|KEY=@FILE]... [--mac MAC]
-//! [--wait-ready] [--json] [--timeout SECONDS]`.
+//! [--wait-ready] [--json] [--timeout SECONDS] [--firmware auto|efi|bios]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::build::Firmware;
+use crate::lab::firmware::FirmwareChoice;
 use crate::lab::{self, Accel, GuestinfoArg, LabOptions};
 
 /// `capstan lab` subcommands.
@@ -26,6 +28,18 @@ pub enum AccelArg {
     Kvm,
     /// Force TCG.
     Tcg,
+}
+
+/// Firmware to boot with.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FirmwareArg {
+    /// What the OVA descriptor asks for (`firmware=efi`: OVMF; none or `bios`: SeaBIOS), or
+    /// for a bare disk, SeaBIOS if its MBR has boot code, else OVMF.
+    Auto,
+    /// UEFI (OVMF).
+    Efi,
+    /// Legacy BIOS (SeaBIOS, QEMU's default).
+    Bios,
 }
 
 /// Arguments of `capstan lab run`.
@@ -54,6 +68,9 @@ pub struct RunArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelArg,
+    /// Firmware.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub firmware: FirmwareArg,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     pub memory: u64,
@@ -92,6 +109,11 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Tcg => Accel::Tcg,
         },
+        firmware: match a.firmware {
+            FirmwareArg::Auto => FirmwareChoice::Auto,
+            FirmwareArg::Efi => FirmwareChoice::Force(Firmware::Efi),
+            FirmwareArg::Bios => FirmwareChoice::Force(Firmware::Bios),
+        },
         memory_mib: a.memory,
         cpus: a.cpus,
         cdrom: a.cdrom,
@@ -103,9 +125,10 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else if result.ready {
         println!(
-            "ready after {:.1}s ({:?}, guest uptime {:.1}s)",
+            "ready after {:.1}s ({:?}, {:?}, guest uptime {:.1}s)",
             result.boot_seconds.unwrap_or_default(),
             result.accel,
+            result.firmware,
             result.guest_uptime.unwrap_or_default()
         );
         if let Some(s) = &result.status {

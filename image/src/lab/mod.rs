@@ -7,18 +7,25 @@
 //!   attached as an IDE CD-ROM (`/dev/sr0`), as vCenter's ISO transport does;
 //! - guestinfo keys (CAPV's `metadata`/`userdata`, `capstan.*`) go through QEMU fw_cfg as
 //!   `opt/capstan/guestinfo/<key>`, which the agent reads;
+//! - the firmware is OVMF (UEFI) or SeaBIOS (legacy BIOS, QEMU's default), as the OVA's
+//!   descriptor asks (`vmw:Config firmware`) or, for a bare disk, as its MBR says (`firmware`);
 //! - the serial console goes to a log file; the image's `capstan-report.service` prints the
 //!   agent's `status --json` between markers when first boot is done, which is what
 //!   `--wait-ready` waits for;
 //! - QEMU is always killed by pid at the end (also on error, timeout or panic).
 
 pub mod env;
+pub mod firmware;
 pub mod qemu;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use self::firmware::{Decision, FirmwareChoice};
+use crate::build::Firmware;
+use crate::check::{self, ImageFormat};
 
 /// Start of the ready report on the serial console (printed by `capstan-report.service`).
 pub const MARK_BEGIN: &str = "CAPSTAN-READY-BEGIN";
@@ -110,6 +117,8 @@ pub struct LabOptions {
     pub timeout: Duration,
     /// Accelerator.
     pub accel: Accel,
+    /// Firmware (`Auto`: the OVA's descriptor, or the disk's MBR).
+    pub firmware: FirmwareChoice,
     /// Memory.
     pub memory_mib: u64,
     /// vCPUs.
@@ -129,6 +138,10 @@ pub struct LabResult {
     pub ready: bool,
     /// Accelerator used.
     pub accel: Accel,
+    /// Firmware used: `efi` (OVMF) or `bios` (SeaBIOS).
+    pub firmware: Firmware,
+    /// Why that firmware: the OVA descriptor's `firmware` key, the disk's MBR, or `--firmware`.
+    pub firmware_from: String,
     /// Seconds from starting QEMU to the ready report.
     pub boot_seconds: Option<f64>,
     /// Guest uptime when the report was printed.
@@ -189,6 +202,7 @@ pub fn find_report(log: &str) -> Option<Report> {
 pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
     let work = tempfile::Builder::new().prefix("capstan-lab").tempdir()?;
     let disk = qemu::prepare_disk(&opts.image, work.path())?;
+    let fw = choose_firmware(opts, &disk.overlay, work.path())?;
     let (cdrom, ovf_env) = match &opts.cdrom {
         Some(iso) => (iso.clone(), Vec::new()),
         None => {
@@ -214,6 +228,7 @@ pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
         guestinfo: &opts.guestinfo,
         mac: &opts.mac,
         accel,
+        firmware: fw.firmware,
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         serial: &serial,
@@ -224,6 +239,8 @@ pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
     let mut result = LabResult {
         ready: false,
         accel,
+        firmware: fw.firmware,
+        firmware_from: fw.from,
         boot_seconds: None,
         guest_uptime: None,
         status: None,
@@ -265,6 +282,23 @@ pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
     }
     vm.kill();
     Ok(result)
+}
+
+/// `--firmware`, else what an OVA's descriptor asks for, else what the disk's MBR says.
+fn choose_firmware(
+    opts: &LabOptions,
+    overlay: &std::path::Path,
+    work: &std::path::Path,
+) -> anyhow::Result<Decision> {
+    if let FirmwareChoice::Force(firmware) = opts.firmware {
+        return Ok(Decision { firmware, from: "--firmware".into() });
+    }
+    if check::sniff(&opts.image)? == ImageFormat::Ova {
+        let env = env::read_ova_descriptor(&opts.image, &work.join("firmware"))?;
+        return firmware::from_descriptor(&env)
+            .with_context(|| format!("{}: choosing the firmware", opts.image.display()));
+    }
+    Ok(firmware::from_first_sector(&firmware::first_sector(overlay, "qcow2", work)?))
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::{Accel, GuestinfoArg};
-use crate::build::exec;
+use crate::build::{exec, Firmware};
 use crate::check::{self, ImageFormat};
 
 /// fw_cfg name prefix for guestinfo keys (what the agent's `FwCfg` source reads).
@@ -17,6 +17,9 @@ pub const FW_CFG_PREFIX: &str = "opt/capstan/guestinfo/";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// UEFI variable store template.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// SeaBIOS, QEMU's default firmware for `pc` (Debian `seabios`, pulled in by
+/// `qemu-system-x86`); the lab lets QEMU load it and only checks that it is there.
+pub const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
 /// The disk QEMU boots from.
 #[derive(Debug)]
@@ -147,6 +150,8 @@ pub struct VmSpec<'a> {
     pub mac: &'a str,
     /// Accelerator (not Auto).
     pub accel: Accel,
+    /// Firmware: OVMF (UEFI) or SeaBIOS (legacy BIOS).
+    pub firmware: Firmware,
     /// Memory.
     pub memory_mib: u64,
     /// vCPUs.
@@ -166,8 +171,9 @@ pub struct Vm {
     stderr: PathBuf,
 }
 
-/// The QEMU arguments for `spec` (without the program).
-pub fn args(spec: &VmSpec<'_>, vars: &Path) -> anyhow::Result<Vec<String>> {
+/// The QEMU arguments for `spec` (without the program). `vars` is the VM's private copy of
+/// the UEFI variable store (`Firmware::Efi` only; SeaBIOS needs no arguments at all).
+pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>) -> anyhow::Result<Vec<String>> {
     let esc = |p: &Path| p.display().to_string().replace(',', ",,");
     let accel = match spec.accel {
         Accel::Kvm => "kvm",
@@ -184,10 +190,19 @@ pub fn args(spec: &VmSpec<'_>, vars: &Path) -> anyhow::Result<Vec<String>> {
         "-no-user-config".into(),
         "-display".into(),
         "none".into(),
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=1,file={}", esc(vars)),
+    ];
+    match (spec.firmware, vars) {
+        (Firmware::Efi, Some(vars)) => a.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", esc(vars)),
+        ]),
+        (Firmware::Efi, None) => bail!("UEFI boot needs a copy of the OVMF variable store"),
+        // QEMU's default firmware for `pc` is SeaBIOS.
+        (Firmware::Bios, _) => {}
+    }
+    a.extend([
         "-drive".into(),
         format!("if=none,id=disk0,format=qcow2,file={}", esc(spec.disk)),
         "-device".into(),
@@ -207,7 +222,7 @@ pub fn args(spec: &VmSpec<'_>, vars: &Path) -> anyhow::Result<Vec<String>> {
         format!("virtio-net-pci,netdev=net0,mac={}", spec.mac),
         "-device".into(),
         "virtio-rng-pci".into(),
-    ];
+    ]);
     if spec.interactive {
         a.extend(["-serial".into(), "mon:stdio".into()]);
     } else {
@@ -227,14 +242,27 @@ pub fn args(spec: &VmSpec<'_>, vars: &Path) -> anyhow::Result<Vec<String>> {
 impl Vm {
     /// Starts QEMU.
     pub fn start(spec: &VmSpec<'_>) -> anyhow::Result<Self> {
-        for f in [OVMF_CODE, OVMF_VARS] {
-            if !Path::new(f).is_file() {
-                bail!("{f} is missing: install the Debian package ovmf (scripts/setup)");
+        let vars = match spec.firmware {
+            Firmware::Efi => {
+                for f in [OVMF_CODE, OVMF_VARS] {
+                    if !Path::new(f).is_file() {
+                        bail!("{f} is missing: install the Debian package ovmf (scripts/setup)");
+                    }
+                }
+                let vars = spec.work.join("OVMF_VARS.fd");
+                fs::copy(OVMF_VARS, &vars)?;
+                Some(vars)
             }
-        }
-        let vars = spec.work.join("OVMF_VARS.fd");
-        fs::copy(OVMF_VARS, &vars)?;
-        let args = args(spec, &vars)?;
+            Firmware::Bios => {
+                if !Path::new(SEABIOS).is_file() {
+                    bail!(
+                        "{SEABIOS} is missing: install the Debian package seabios (scripts/setup)"
+                    );
+                }
+                None
+            }
+        };
+        let args = args(spec, vars.as_deref())?;
         let stderr = spec.work.join("qemu.stderr");
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(&args).stderr(fs::File::create(&stderr)?);
@@ -283,5 +311,53 @@ impl Vm {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(firmware: Firmware, work: &'a Path, gi: &'a [GuestinfoArg]) -> VmSpec<'a> {
+        VmSpec {
+            disk: Path::new("/tmp/overlay.qcow2"),
+            cdrom: Path::new("/tmp/ovf-env.iso"),
+            guestinfo: gi,
+            mac: "52:54:00:12:34:56",
+            accel: Accel::Tcg,
+            firmware,
+            memory_mib: 1024,
+            cpus: 2,
+            serial: Path::new("/tmp/serial.log"),
+            work,
+            interactive: false,
+        }
+    }
+
+    #[test]
+    fn efi_gets_ovmf_bios_gets_qemus_default_and_the_rest_is_the_same() {
+        let t = tempfile::tempdir().unwrap();
+        let gi = [GuestinfoArg { key: "metadata".into(), value: b"x".to_vec() }];
+        let vars = t.path().join("OVMF_VARS.fd");
+        let efi = args(&spec(Firmware::Efi, t.path(), &gi), Some(&vars)).unwrap();
+        let bios = args(&spec(Firmware::Bios, t.path(), &gi), None).unwrap();
+        let pflash: Vec<&String> = efi.iter().filter(|a| a.starts_with("if=pflash")).collect();
+        assert_eq!(pflash.len(), 2, "{efi:?}");
+        assert!(pflash[0].contains(OVMF_CODE));
+        assert!(!bios.iter().any(|a| a.contains("pflash") || a == "-bios"), "{bios:?}");
+        // Disk, OVF ENV CD-ROM, NIC and fw_cfg guestinfo are wired the same way for both.
+        let rest: Vec<&String> = efi
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| {
+                !a.starts_with("if=pflash")
+                    && efi.get(i + 1).is_none_or(|n| !n.starts_with("if=pflash"))
+            })
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(rest, bios.iter().collect::<Vec<_>>());
+        assert!(bios.iter().any(|a| a == "scsi-cd,bus=scsi0.0,drive=cd0"));
+        assert!(bios.iter().any(|a| a.starts_with("name=opt/capstan/guestinfo/metadata,file=")));
+        assert!(args(&spec(Firmware::Efi, t.path(), &gi), None).is_err());
     }
 }
