@@ -14,7 +14,8 @@ use crate::build::{self, outputs::Format, BuildOptions, Firmware};
 pub enum FirmwareArg {
     /// UEFI (systemd-boot on the ESP); what vSphere templates use.
     Efi,
-    /// Legacy BIOS.
+    /// Legacy BIOS (SYSLINUX on the ESP, gptmbr.bin); the disk still boots under UEFI, the
+    /// OVA asks vSphere for BIOS.
     Bios,
 }
 
