@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::controller::{ApplyError, Controller};
 use super::settings::{ApiToken, Backend, BackendList};
+use crate::sources::chain;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -115,26 +116,14 @@ async fn change_response(r: Result<(), ApplyError>, ctl: &Controller, ok: Status
             error(status, Some("address"), e.to_string())
         }
         Err(e @ ApplyError::Runtime(_)) => {
-            tracing::error!(error = %crate_chain(&e), "backend change failed in HAProxy; rolled back");
-            error(StatusCode::SERVICE_UNAVAILABLE, None, crate_chain(&e))
+            tracing::error!(error = %chain(&e), "backend change failed in HAProxy; rolled back");
+            error(StatusCode::SERVICE_UNAVAILABLE, None, chain(&e))
         }
         Err(e @ ApplyError::Persist(_)) => {
-            tracing::error!(error = %crate_chain(&e), "backend change not persisted; rolled back");
-            error(StatusCode::INTERNAL_SERVER_ERROR, None, crate_chain(&e))
+            tracing::error!(error = %chain(&e), "backend change not persisted; rolled back");
+            error(StatusCode::INTERNAL_SERVER_ERROR, None, chain(&e))
         }
     }
-}
-
-/// The error and its causes, one line.
-pub(crate) fn crate_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, Box<Resp>> {

@@ -154,7 +154,7 @@ impl Controller {
         match r {
             Ok(Ok(())) => tracing::warn!("rolled HAProxy back to the previous backend set"),
             Ok(Err(e)) => {
-                tracing::error!(error = %super::api::crate_chain(&e), "rollback failed; HAProxy may differ from the set until the next change")
+                tracing::error!(error = %crate::sources::chain(&e), "rollback failed; HAProxy may differ from the set until the next change")
             }
             Err(e) => tracing::error!(error = %e, "rollback task failed"),
         }

@@ -412,14 +412,14 @@ pub fn status(settings: &LbSettings, paths: &LbPaths) -> LbStatus {
         Ok(Some(s)) => s,
         Ok(None) => DesiredSet::from_list(&settings.backends),
         Err(e) => {
-            errors.push(api::crate_chain(&e));
+            errors.push(crate::sources::chain(&e));
             DesiredSet::default()
         }
     };
     let stats = match runtime::RuntimeApi::new(&paths.admin_socket).servers() {
         Ok(s) => Some(s),
         Err(e) => {
-            errors.push(api::crate_chain(&e));
+            errors.push(crate::sources::chain(&e));
             None
         }
     };

@@ -130,7 +130,7 @@ fn install_checked(
 fn write_track(root: &Root, paths: &LbPaths, healthy: bool) {
     let v: &[u8] = if healthy { b"0\n" } else { b"1\n" };
     if let Err(e) = write_durable(root, &paths.track_file, v, 0o644) {
-        tracing::error!(error = %api::crate_chain(&e), "cannot tell keepalived HAProxy's state");
+        tracing::error!(error = %crate::sources::chain(&e), "cannot tell keepalived HAProxy's state");
     }
 }
 
@@ -282,7 +282,7 @@ pub async fn run_role(
         }
         Err(e) => {
             // Keep the operator's file for inspection and serve the configured set.
-            tracing::error!(error = %api::crate_chain(&e), "persisted backend set unreadable; using lb.backends");
+            tracing::error!(error = %crate::sources::chain(&e), "persisted backend set unreadable; using lb.backends");
             // A copy, not a rename: the save below then replaces the file atomically.
             let aside = p.backends_file().with_extension("json.corrupt");
             if let Ok(Some(bytes)) = root.read(p.backends_file()) {
@@ -342,7 +342,7 @@ pub async fn run_role(
             wait_ready(&rt, Duration::from_secs(10), None).await?;
             // HAProxy may have been running with an older set (agent restart): make it match.
             if let Err(e) = ctl.sync_all().await {
-                tracing::error!(error = %api::crate_chain(&e), "could not sync HAProxy to the backend set");
+                tracing::error!(error = %crate::sources::chain(&e), "could not sync HAProxy to the backend set");
             }
             write_track(&root, &p, true);
             // A changed file is re-read with SIGHUP (reload): the VIP stays where it is.
@@ -401,7 +401,7 @@ pub async fn run_role(
                 match r {
                     Ok(Ok(_)) => tracing::debug!("haproxy.cfg updated to the current set"),
                     Ok(Err(e)) => {
-                        tracing::error!(error = %api::crate_chain(&e), "haproxy.cfg not updated")
+                        tracing::error!(error = %crate::sources::chain(&e), "haproxy.cfg not updated")
                     }
                     Err(e) => tracing::error!(error = %e, "config writer failed"),
                 }
@@ -450,12 +450,12 @@ pub async fn run_role(
                         // haproxy.cfg is rewritten after each change, but in the background:
                         // replay the set in case the crash came before the rewrite.
                         if let Err(e) = ctl.sync_all().await {
-                            tracing::error!(error = %api::crate_chain(&e), "could not sync restarted HAProxy");
+                            tracing::error!(error = %crate::sources::chain(&e), "could not sync restarted HAProxy");
                         }
                         write_track(&root, &p, true);
                         tracing::info!("HAProxy is back; rejoining as backup");
                     }
-                    Err(e) => tracing::error!(error = %api::crate_chain(&e), "restarted HAProxy is not answering"),
+                    Err(e) => tracing::error!(error = %crate::sources::chain(&e), "restarted HAProxy is not answering"),
                 }
             }
             st = ka_wait => {
