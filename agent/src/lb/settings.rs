@@ -458,11 +458,16 @@ pub fn parse_interval(s: &str) -> Result<Duration, ValueError> {
     Ok(Duration::from_millis(ms))
 }
 
-fn parse_count(s: &str) -> Result<u8, ValueError> {
+/// A small number in `lo..=hi`; the error calls it `what` ("a count", "a priority").
+fn parse_u8_in(s: &str, lo: u8, hi: u8, what: &str) -> Result<u8, ValueError> {
     match s.trim().parse::<u8>() {
-        Ok(v) if (1..=20).contains(&v) => Ok(v),
-        _ => err(format!("{s:?} is not a count in 1..=20")),
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => err(format!("{s:?} is not {what} in {lo}..={hi}")),
     }
+}
+
+fn parse_count(s: &str) -> Result<u8, ValueError> {
+    parse_u8_in(s, 1, 20, "a count")
 }
 
 /// A VRRP virtual router id, 1..=255.
@@ -472,10 +477,7 @@ pub struct RouterId(pub u8);
 impl FromStr for RouterId {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {
-        match s.trim().parse::<u8>() {
-            Ok(v) if v >= 1 => Ok(RouterId(v)),
-            _ => err(format!("{s:?} is not a router id in 1..=255")),
-        }
+        parse_u8_in(s, 1, 255, "a router id").map(RouterId)
     }
 }
 
@@ -486,10 +488,7 @@ pub struct Priority(pub u8);
 impl FromStr for Priority {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {
-        match s.trim().parse::<u8>() {
-            Ok(v) if (1..=254).contains(&v) => Ok(Priority(v)),
-            _ => err(format!("{s:?} is not a priority in 1..=254")),
-        }
+        parse_u8_in(s, 1, 254, "a priority").map(Priority)
     }
 }
 
@@ -797,6 +796,20 @@ mod tests {
         let mut m = base();
         m.remove("lb.vip");
         assert_eq!(build(&m).unwrap_err(), SettingsError::Missing { key: "lb.vip" });
+    }
+
+    #[test]
+    fn small_number_messages() {
+        assert_eq!(parse_count("0").unwrap_err().0, r#""0" is not a count in 1..=20"#);
+        assert_eq!(parse_count(" 20 ").unwrap(), 20);
+        assert_eq!("0".parse::<RouterId>().unwrap_err().0, r#""0" is not a router id in 1..=255"#);
+        assert_eq!("255".parse::<RouterId>().unwrap(), RouterId(255));
+        assert_eq!(
+            "255".parse::<Priority>().unwrap_err().0,
+            r#""255" is not a priority in 1..=254"#
+        );
+        assert_eq!("x".parse::<Priority>().unwrap_err().0, r#""x" is not a priority in 1..=254"#);
+        assert_eq!("1".parse::<Priority>().unwrap(), Priority(1));
     }
 
     #[test]
