@@ -454,9 +454,7 @@ impl Root {
         contents: &[u8],
         opts: FileOpts,
     ) -> Result<PathBuf, RootError> {
-        let guest = guest.as_ref();
-        let (target, found) = self.resolve_file(guest)?;
-        self.put(guest, target, found, contents, opts)
+        self.put(guest.as_ref(), contents, opts, false)
     }
 
     /// Appends to a file (creating it with `opts` if missing). Done as read + atomic rewrite so
@@ -468,37 +466,41 @@ impl Root {
         contents: &[u8],
         opts: FileOpts,
     ) -> Result<PathBuf, RootError> {
-        let guest = guest.as_ref();
-        let (target, found) = self.resolve_file(guest)?;
-        // the current content: a staged version, the file, or nothing
-        let current = match self.staged(&target) {
-            Some(Some(temp)) => Some(temp),
-            Some(None) => None,
-            None => found.exists().then(|| target.clone()),
-        };
-        let (data, opts) = match current {
-            Some(from) => {
-                let m = fs::metadata(&from).map_err(io_err("stat", guest))?;
-                let mut old = fs::read(&from).map_err(io_err("read", guest))?;
-                old.extend_from_slice(contents);
-                let owner = opts.owner.or(Some((m.uid(), m.gid())));
-                (old, FileOpts { mode: m.mode() & 0o7777, owner })
-            }
-            None => (contents.to_vec(), opts),
-        };
-        self.put(guest, target, found, &data, opts)
+        self.put(guest.as_ref(), contents, opts, true)
     }
 
-    /// The write behind [`Root::write`] and [`Root::append`]: a temp file next to `target`,
-    /// then a rename now (fsynced first when it replaces a file) or at commit when staging.
+    /// The write behind [`Root::write`] and [`Root::append`]: a temp file next to the target
+    /// (holding the current content first when appending), then a rename now (fsynced first
+    /// when it replaces a file) or at commit when staging.
     fn put(
         &self,
         guest: &Path,
-        target: PathBuf,
-        found: Found,
         contents: &[u8],
         opts: FileOpts,
+        append: bool,
     ) -> Result<PathBuf, RootError> {
+        let (target, found) = self.resolve_file(guest)?;
+        let mut opts = opts;
+        let mut appended: Vec<u8>;
+        // appending: the current content is a staged version, the file, or nothing
+        let current = match (append, self.staged(&target)) {
+            (false, _) => None,
+            (true, Some(staged)) => staged,
+            (true, None) => found.exists().then(|| target.clone()),
+        };
+        let contents = match current {
+            Some(from) => {
+                let m = fs::metadata(&from).map_err(io_err("stat", guest))?;
+                appended = fs::read(&from).map_err(io_err("read", guest))?;
+                appended.extend_from_slice(contents);
+                opts = FileOpts {
+                    mode: m.mode() & 0o7777,
+                    owner: opts.owner.or(Some((m.uid(), m.gid()))),
+                };
+                &appended[..]
+            }
+            None => contents,
+        };
         if found == Found::Dir {
             return Err(RootError::BadPath {
                 path: guest.display().to_string(),

@@ -137,6 +137,15 @@ impl Status {
     pub fn failed(&self) -> bool {
         self.result != "ok"
     }
+
+    /// The names of the steps that failed, in order.
+    pub fn failed_steps(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Failed)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
 }
 
 /// Errors reading or writing state.

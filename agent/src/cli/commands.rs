@@ -22,13 +22,35 @@ pub fn source_options(src: &SourceArgs) -> SourceOptions {
     opts
 }
 
-fn open_root(root: Option<&Path>) -> Result<Root, String> {
-    let dir = root.unwrap_or(Path::new("/"));
-    if root.is_some() {
+/// A command's outcome: its exit code, or a message that makes it exit 1.
+type Outcome = Result<i32, String>;
+
+/// Prints a failed command's message once; returns the exit code.
+fn finish(outcome: Outcome) -> i32 {
+    outcome.unwrap_or_else(|e| {
+        eprintln!("capstan-agent: {e}");
+        EXIT_ERROR
+    })
+}
+
+/// The value of a lookup that must find something: `missing` names what was not there.
+fn required<T, E: std::error::Error>(
+    found: Result<Option<T>, E>,
+    missing: impl FnOnce() -> String,
+) -> Result<T, String> {
+    found.map_err(|e| chain(&e))?.ok_or_else(missing)
+}
+
+/// The root the sources' files and the effects go to (`--root DIR`, created if missing, or
+/// `/`) and where the sources are read from: what `firstboot` and `render` share.
+fn open(src: &SourceArgs) -> Result<(Root, SourceOptions), String> {
+    let dir = src.root.as_deref().unwrap_or(Path::new("/"));
+    if src.root.is_some() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("creating root {}: {e}", dir.display()))?;
     }
-    Root::new(dir).map_err(|e| chain(&e))
+    let root = Root::new(dir).map_err(|e| chain(&e))?;
+    Ok((root, source_options(src)))
 }
 
 fn now_secs() -> u64 {
@@ -130,12 +152,7 @@ pub fn apply_gathered(
 /// The one-line status published to `guestinfo.capstan.status` (vCenter and govc can read it
 /// without logging in to the node).
 pub fn short_status(status: &Status) -> String {
-    let failed: Vec<&str> = status
-        .steps
-        .iter()
-        .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| s.name.as_str())
-        .collect();
+    let failed = status.failed_steps();
     if failed.is_empty() {
         format!(
             "ok instance-id={} steps={} ms={}",
@@ -163,23 +180,15 @@ fn publish_status(g: &Gathered, status: &Status) {
 
 /// `capstan-agent firstboot`.
 pub fn firstboot(src: &SourceArgs, run_commands: bool, scrub: bool) -> i32 {
-    let root = match open_root(src.root.as_deref()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("capstan-agent: {e}");
-            return EXIT_ERROR;
-        }
+    let (root, opts) = match open(src) {
+        Ok(o) => o,
+        Err(e) => return finish(Err(e)),
     };
     let mode = if src.root.is_some() { Mode::Rooted { run_commands } } else { Mode::Live };
     // Under --root nothing is written outside DIR, so guestinfo is only scrubbed when asked.
     let scrub = scrub || src.root.is_none();
-    let status = apply_once(&source_options(src), &root, mode, scrub);
-    let failed: Vec<&str> = status
-        .steps
-        .iter()
-        .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| s.name.as_str())
-        .collect();
+    let status = apply_once(&opts, &root, mode, scrub);
+    let failed = status.failed_steps();
     if failed.is_empty() {
         tracing::info!(ms = status.duration_ms, "first boot complete");
         EXIT_OK
@@ -191,25 +200,14 @@ pub fn firstboot(src: &SourceArgs, run_commands: bool, scrub: bool) -> i32 {
 
 /// `capstan-agent status`.
 pub fn status(root: Option<&Path>, json: bool) -> i32 {
-    let dir = root.unwrap_or(Path::new("/"));
-    let root = match Root::new(dir) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("capstan-agent: {}", chain(&e));
-            return EXIT_ERROR;
-        }
-    };
-    let status = match State::new(root.clone()).load_current() {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            eprintln!("capstan-agent: no first boot recorded under {}", dir.display());
-            return EXIT_ERROR;
-        }
-        Err(e) => {
-            eprintln!("capstan-agent: {}", chain(&e));
-            return EXIT_ERROR;
-        }
-    };
+    finish(show_status(root.unwrap_or(Path::new("/")), json))
+}
+
+fn show_status(dir: &Path, json: bool) -> Outcome {
+    let root = Root::new(dir).map_err(|e| chain(&e))?;
+    let status = required(State::new(root.clone()).load_current(), || {
+        format!("no first boot recorded under {}", dir.display())
+    })?;
     // The live role state (VRRP, VIP, backends) on the appliance itself.
     let lb = if root.is_live() && status.role == "lb" { live_lb_status() } else { None };
     if json {
@@ -217,13 +215,7 @@ pub fn status(root: Option<&Path>, json: bool) -> i32 {
         if let (Some(lb), Some(obj)) = (&lb, v.as_object_mut()) {
             obj.insert("lb".into(), serde_json::to_value(lb).unwrap_or_default());
         }
-        match serde_json::to_string_pretty(&v) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("capstan-agent: {e}");
-                return EXIT_ERROR;
-            }
-        }
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
         print!("{}", human_status(&status));
         if let Some(lb) = &lb {
@@ -234,11 +226,7 @@ pub fn status(root: Option<&Path>, json: bool) -> i32 {
             }
         }
     }
-    if status.failed() {
-        EXIT_STEP_FAILED
-    } else {
-        EXIT_OK
-    }
+    Ok(if status.failed() { EXIT_STEP_FAILED } else { EXIT_OK })
 }
 
 /// The lb role's live state, from the current settings (gathered as at boot).
@@ -340,16 +328,11 @@ pub fn schema_json() -> String {
 
 /// `capstan-agent config check FILE`: exit 0 when every value is valid.
 pub fn config_check(file: &Path) -> i32 {
-    let flat = match schema::read_toml_file(file, "file") {
-        Ok(Some(f)) => f,
-        Ok(None) => {
-            eprintln!("capstan-agent: {}: no such file", file.display());
-            return EXIT_ERROR;
-        }
-        Err(e) => {
-            eprintln!("capstan-agent: {}", chain(&e));
-            return EXIT_ERROR;
-        }
+    let flat = match required(schema::read_toml_file(file, "file"), || {
+        format!("{}: no such file", file.display())
+    }) {
+        Ok(f) => f,
+        Err(e) => return finish(Err(e)),
     };
     let n = flat.len();
     let config = Config::from_flat(&flat.into_iter().collect(), false);
@@ -369,18 +352,15 @@ pub fn config_check(file: &Path) -> i32 {
 
 /// `capstan-agent render --root DIR`: the files the configuration produces, nothing started.
 pub fn render(src: &SourceArgs) -> i32 {
-    let Some(dir) = &src.root else {
-        eprintln!("capstan-agent: render needs --root DIR");
-        return EXIT_ERROR;
-    };
-    let root = match open_root(Some(dir)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("capstan-agent: {e}");
-            return EXIT_ERROR;
-        }
-    };
-    let g = sources::gather(&source_options(src));
+    finish(render_files(src))
+}
+
+fn render_files(src: &SourceArgs) -> Outcome {
+    if src.root.is_none() {
+        return Err("render needs --root DIR".into());
+    }
+    let (root, opts) = open(src)?;
+    let g = sources::gather(&opts);
     let mut failed = false;
     for line in g.error_lines() {
         eprintln!("capstan-agent: {line}");
@@ -419,9 +399,6 @@ pub fn render(src: &SourceArgs) -> i32 {
             }
         }
     }
-    if failed {
-        EXIT_STEP_FAILED
-    } else {
-        EXIT_OK
-    }
+    root.sync().map_err(|e| chain(&e))?;
+    Ok(if failed { EXIT_STEP_FAILED } else { EXIT_OK })
 }

@@ -130,20 +130,42 @@ pub enum ConfigCommand {
     },
 }
 
+/// The log filter: `CAPSTAN_LOG` (`info`, `debug`, `capstan_agent::steps=debug,warn`, ...) or
+/// `info`. A [`Targets`](tracing_subscriber::filter::Targets) filter, not an `EnvFilter`: the
+/// same target=level syntax without span and field matching, and without a regex engine in a
+/// binary that every image carries and every boot pages in.
+pub fn log_filter(env: Option<&str>) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    match env.map(str::trim) {
+        None | Some("") => default(),
+        Some(s) => s.parse().unwrap_or_else(|e| {
+            eprintln!("capstan-agent: CAPSTAN_LOG={s:?}: {e}; logging at info");
+            default()
+        }),
+    }
+}
+
 /// Sets up tracing on stderr.
 pub fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = log_filter(std::env::var("CAPSTAN_LOG").ok().as_deref());
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {
         LogFormat::Plain
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // the builder's own level filter lets everything through: `filter` decides
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Plain => builder.with_ansi(false).without_time().try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Plain => {
+            builder.with_ansi(false).without_time().finish().with(filter).try_init()
+        }
+        LogFormat::Json => builder.json().finish().with(filter).try_init(),
     };
 }
 
@@ -161,5 +183,26 @@ pub fn run(cli: Cli) -> i32 {
         },
         Command::Render { src } => render(&src),
         Command::Run(args) => crate::daemon::main(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn log_filter_reads_levels_and_targets() {
+        let f = super::log_filter(None);
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        assert!(f.would_enable("capstan_agent::steps", &Level::INFO));
+        assert!(!f.would_enable("capstan_agent::steps", &Level::DEBUG));
+        let f = super::log_filter(Some("warn,capstan_agent::steps=debug"));
+        assert!(f.would_enable("capstan_agent::steps::users", &Level::DEBUG));
+        assert!(!f.would_enable("capstan_agent::sources", &Level::INFO));
+        // a bad value falls back to info instead of silencing the log
+        let f = super::log_filter(Some("capstan_agent=loud"));
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        assert_eq!(super::log_filter(Some(" ")).default_level(), Some(LevelFilter::INFO));
     }
 }
