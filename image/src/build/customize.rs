@@ -1,5 +1,6 @@
-//! Stage 2, customize: unpack the rootfs, prune kernel modules, take the kernel and
-//! initramfs out for the ESP, copy overlays, install the agent and its units, write the
+//! Stage 2, customize: unpack the rootfs, take the kernel out for the ESP and the initramfs
+//! too (or make it: `build/initramfs.rs`), prune packages, paths and kernel modules, copy
+//! overlays, install the agent and its units, write the
 //! baked agent defaults, and set unit states with `systemctl --root` (no chroot, no boot).
 
 use std::collections::{BTreeSet, HashMap};
@@ -10,8 +11,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use super::exec;
-use super::profile::LoadedProfile;
+use super::profile::{InitramfsKind, LoadedProfile};
+use super::{exec, initramfs};
 
 /// Inputs besides the profile.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct Inputs {
     pub agent_units: Option<PathBuf>,
     /// Kubernetes binaries (`--kube-bin`) installed to /usr/bin.
     pub kube_bin: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH`: the builder's initramfs takes its file times from it.
+    pub epoch: u64,
 }
 
 /// What the stage produced.
@@ -33,6 +36,9 @@ pub struct Customized {
     pub vmlinuz: PathBuf,
     /// Initramfs taken out of /boot.
     pub initrd: PathBuf,
+    /// The builder's initramfs (`kernel.initramfs = "capstan"`): modules, sizes.
+    #[serde(default)]
+    pub initramfs: Option<initramfs::Made>,
     /// Kernel version.
     pub kernel_version: String,
     /// Modules kept / total.
@@ -60,20 +66,41 @@ pub fn run(
             .arg(&root),
     )?;
     let mut warnings = Vec::new();
-    prune(&root, &p.profile.prune)?;
     let kernel_version = kernel_version(&root)?;
-    let (modules_kept, modules_total) =
-        prune_modules(&root, &kernel_version, &p.profile.kernel.modules)?;
 
-    // The kernel and initramfs live on the ESP only: no second copy in the root.
+    // The kernel and initramfs live on the ESP only: no second copy in the root. Taken out
+    // (or made) before pruning, which may purge initramfs-tools and busybox-static.
     let boot = out_dir.join("boot");
     fs::create_dir_all(&boot)?;
     let vmlinuz = boot.join("vmlinuz");
     let initrd = boot.join("initrd.img");
     fs::rename(root.join(format!("boot/vmlinuz-{kernel_version}")), &vmlinuz)
         .context("moving the kernel out of /boot")?;
-    fs::rename(root.join(format!("boot/initrd.img-{kernel_version}")), &initrd)
-        .context("moving the initramfs out of /boot (was it generated?)")?;
+    let debian_initrd = root.join(format!("boot/initrd.img-{kernel_version}"));
+    let initramfs = match p.profile.kernel.initramfs {
+        InitramfsKind::InitramfsTools => {
+            fs::rename(&debian_initrd, &initrd)
+                .context("moving the initramfs out of /boot (was it generated?)")?;
+            None
+        }
+        InitramfsKind::Capstan => {
+            if debian_initrd.exists() {
+                fs::remove_file(&debian_initrd)?;
+            }
+            let made = initramfs::build(
+                &root,
+                &kernel_version,
+                &p.profile.kernel.initramfs_modules,
+                inputs.epoch,
+                &initrd,
+            )
+            .context("making the initramfs")?;
+            Some(made)
+        }
+    };
+    prune(&root, &p.profile.prune)?;
+    let (modules_kept, modules_total) =
+        prune_modules(&root, &kernel_version, &p.profile.kernel.modules)?;
     for name in [
         "vmlinuz",
         "vmlinuz.old",
@@ -129,7 +156,16 @@ pub fn run(
         "# Written by capstan build.\nLABEL=capstan-root / ext4 defaults,noatime,errors=remount-ro 0 1\n",
     )?;
     set_units(&root, &p.profile.systemd, &mut warnings)?;
-    Ok(Customized { root, vmlinuz, initrd, kernel_version, modules_kept, modules_total, warnings })
+    Ok(Customized {
+        root,
+        vmlinuz,
+        initrd,
+        initramfs,
+        kernel_version,
+        modules_kept,
+        modules_total,
+        warnings,
+    })
 }
 
 /// Whether `name` matches `pattern` (`*` matches any run of characters).
@@ -154,10 +190,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 fn prune(root: &Path, prune: &super::profile::Prune) -> anyhow::Result<()> {
     if !prune.purge.is_empty() {
+        // `--force-remove-essential`: the profile names each package, so an Essential one
+        // (perl-base) goes only when a profile asks for it. dpkg works through the list in
+        // order: whatever a maintainer script needs (perl for debconf) must come later.
         exec::run(
             Command::new("chroot")
                 .arg(root)
-                .args(["dpkg", "--purge", "--force-depends"])
+                .args(["dpkg", "--purge", "--force-depends", "--force-remove-essential"])
                 .args(&prune.purge),
         )
         .context("purging prune.purge packages")?;
@@ -402,8 +441,12 @@ fn set_units(
         if present.is_empty() {
             return Ok(());
         }
+        // SYSTEMCTL_SKIP_SYSV: no rc?.d links for units that also ship a SysV script
+        // (open-vm-tools, ssh): systemd never reads them, and update-rc.d is perl, which an
+        // appliance profile may have purged.
         exec::run(
             Command::new("systemctl")
+                .env("SYSTEMCTL_SKIP_SYSV", "1")
                 .arg(format!("--root={}", root.display()))
                 .arg(verb)
                 .args(&present),

@@ -14,6 +14,7 @@ pub mod customize;
 pub mod disk;
 pub mod exec;
 pub mod gpt;
+pub mod initramfs;
 pub mod outputs;
 pub mod ovadesc;
 pub mod profile;
@@ -220,6 +221,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         agent_bin: opts.agent_bin.clone(),
         agent_units: opts.agent_units.clone(),
         kube_bin: opts.kube_bin.clone(),
+        epoch,
     };
     let mut ck = Key::new("customize");
     ck.str("rootfs", &rootfs_key)
@@ -401,6 +403,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             "kernel": c.kernel_version,
             "modules_kept": c.modules_kept,
             "modules_total": c.modules_total,
+            "initramfs": c.initramfs,
             "root_bytes": du(&c.root),
             "disk_bytes": prof.disk.size_mib * 1024 * 1024,
             "ids": ids,

@@ -105,6 +105,9 @@ pub struct Debian {
 pub struct Kernel {
     /// Kernel command line (root= is added by the builder).
     pub cmdline: String,
+    /// Who makes the initramfs.
+    #[serde(default)]
+    pub initramfs: InitramfsKind,
     /// Modules placed in the initramfs.
     pub initramfs_modules: Vec<String>,
     /// Modules kept in the root (with their dependencies); `["*"]` keeps all.
@@ -112,6 +115,19 @@ pub struct Kernel {
     /// Modules loaded at boot via modules-load.d.
     #[serde(default)]
     pub load: Vec<String>,
+}
+
+/// `[kernel] initramfs`: who makes the initramfs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitramfsKind {
+    /// Debian's initramfs-tools, when the kernel package is installed (`MODULES=list` with
+    /// `initramfs_modules`, or Debian's default `MODULES=most` when that list is empty).
+    #[default]
+    InitramfsTools,
+    /// The builder's own (`build/initramfs.rs`): the image's `busybox-static` and
+    /// `initramfs_modules`, no udev. Needs `busybox-static` in `debian.packages`.
+    Capstan,
 }
 
 /// `[systemd]`.
@@ -232,6 +248,16 @@ impl Profile {
         if self.debian.mirrors.is_empty() {
             return Err("debian.mirrors is empty".into());
         }
+        if self.kernel.initramfs == InitramfsKind::Capstan {
+            if self.kernel.initramfs_modules.is_empty() {
+                return Err("kernel.initramfs = \"capstan\" needs kernel.initramfs_modules (the storage drivers)".into());
+            }
+            if !self.debian.packages.iter().any(|p| p == "busybox-static") {
+                return Err(
+                    "kernel.initramfs = \"capstan\" needs busybox-static in debian.packages".into(),
+                );
+            }
+        }
         if self.kernel.cmdline.contains("root=") {
             return Err("kernel.cmdline must not set root= (the builder adds it)".into());
         }
@@ -289,6 +315,25 @@ mod tests {
         let bad = text.replace("[disk]\n", "[disk]\nsize_gib = 3\n");
         let err = Profile::parse(&bad).unwrap_err().to_string();
         assert!(err.contains("size_gib"), "{err}");
+    }
+
+    #[test]
+    fn capstan_initramfs_needs_busybox_static_and_modules() {
+        let text = std::fs::read_to_string(repo_buildroot().join("lb/profile.toml")).unwrap();
+        let p = Profile::parse(&text).unwrap();
+        assert_eq!(p.kernel.initramfs, InitramfsKind::Capstan);
+        let mut no_busybox = p.clone();
+        no_busybox.debian.packages.retain(|p| p != "busybox-static");
+        assert!(no_busybox.validate().unwrap_err().contains("busybox-static"));
+        let mut no_modules = p.clone();
+        no_modules.kernel.initramfs_modules.clear();
+        assert!(no_modules.validate().unwrap_err().contains("initramfs_modules"));
+        let bad = text.replace("initramfs = \"capstan\"", "initramfs = \"dracut\"");
+        let err = Profile::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("dracut"), "{err}");
+        let stock = std::fs::read_to_string(repo_buildroot().join("bench-stock/profile.toml"));
+        let stock = Profile::parse(&stock.unwrap()).unwrap();
+        assert_eq!(stock.kernel.initramfs, InitramfsKind::InitramfsTools);
     }
 
     #[test]
