@@ -37,6 +37,25 @@ fn layout() -> Layout {
     Layout { root, gi, ovf, _t: t }
 }
 
+/// `capstan-agent firstboot --root --ovf-env` on the layout; it must exit 0.
+fn firstboot_ok(l: &Layout) {
+    let out = Command::new(BIN)
+        .arg("firstboot")
+        .arg("--root")
+        .arg(&l.root)
+        .arg("--ovf-env")
+        .arg(&l.ovf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `capstan-agent status --json --root`, parsed.
+fn status_json(l: &Layout) -> serde_json::Value {
+    let st = Command::new(BIN).args(["status", "--json", "--root"]).arg(&l.root).output().unwrap();
+    serde_json::from_slice(&st.stdout).unwrap()
+}
+
 fn gather(l: &Layout) -> capstan_agent::sources::Gathered {
     let mut opts = SourceOptions::rooted(&l.root);
     if l.ovf.exists() {
@@ -124,15 +143,7 @@ fn user_data_vapp_property_in_base64_applies_when_guestinfo_has_none() {
     let cc = "#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: from vApp user-data\n";
     let b64 = base64::engine::general_purpose::STANDARD.encode(cc);
     w(&l.ovf, &env(&[("capstan.instance-id", "ud-1"), ("capstan.user-data", &b64)]));
-    let out = Command::new(BIN)
-        .arg("firstboot")
-        .arg("--root")
-        .arg(&l.root)
-        .arg("--ovf-env")
-        .arg(&l.ovf)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    firstboot_ok(&l);
     assert_eq!(std::fs::read_to_string(l.root.join("etc/motd")).unwrap(), "from vApp user-data");
 }
 
@@ -143,18 +154,9 @@ fn corrupt_state_is_reported_and_first_boot_still_runs() {
     let dir = l.root.join("var/lib/capstan/instances/st-1");
     std::fs::create_dir_all(&dir).unwrap();
     w(&dir.join("status.json"), "{ not json");
-    let out = Command::new(BIN)
-        .arg("firstboot")
-        .arg("--root")
-        .arg(&l.root)
-        .arg("--ovf-env")
-        .arg(&l.ovf)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    firstboot_ok(&l);
     assert_eq!(std::fs::read_to_string(l.root.join("etc/hostname")).unwrap(), "st-node\n");
-    let st = Command::new(BIN).args(["status", "--json", "--root"]).arg(&l.root).output().unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = status_json(&l);
     let errors = st["errors"].to_string();
     assert!(errors.contains("state file") && errors.contains("corrupt"), "{errors}");
     // The rewritten state is valid again.
@@ -169,17 +171,8 @@ fn an_lb_template_deployed_without_a_vip_boots_and_records_the_role_as_skipped()
         &l.ovf,
         &env(&[("capstan.instance-id", "lb-1"), ("capstan.role", "lb"), ("capstan.lb.vip", "")]),
     );
-    let out = Command::new(BIN)
-        .arg("firstboot")
-        .arg("--root")
-        .arg(&l.root)
-        .arg("--ovf-env")
-        .arg(&l.ovf)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let st = Command::new(BIN).args(["status", "--json", "--root"]).arg(&l.root).output().unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    firstboot_ok(&l);
+    let st = status_json(&l);
     let role = st["steps"].as_array().unwrap().iter().find(|s| s["name"] == "role").unwrap();
     assert_eq!(role["status"], "skipped");
     assert!(role["detail"].as_str().unwrap().contains("lb.vip: required but not set"), "{role}");
