@@ -748,30 +748,15 @@ impl Load {
                 total.clone(),
             );
             tasks.push(lab.client().spawn(async move {
-                let vip = SocketAddr::new(IpAddr::V4(VIP), FRONT_PORT);
                 while !stop.load(Ordering::Relaxed) && total.fetch_add(1, Ordering::Relaxed) < max {
-                    match https_request(
-                        cfg.clone(),
-                        vip,
-                        "GET",
-                        "/who",
-                        &[],
-                        b"",
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    {
-                        Ok((200, who)) => {
+                    match who_via_vip(cfg.clone(), Duration::from_secs(5)).await {
+                        Ok(who) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             *seen.lock().unwrap().entry(who).or_default() += 1;
                         }
-                        Ok((s, b)) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(format!("status {s}: {b}"));
-                        }
                         Err(e) => {
                             failed.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(format!("{e:#}"));
+                            errors.lock().unwrap().push(e);
                         }
                     }
                 }
@@ -792,29 +777,28 @@ impl Load {
     }
 }
 
+/// One `GET /who` over a fresh TLS connection to VIP:6443: the answering backend's name, or
+/// what went wrong (a non-200 status with its body, or the connection error).
+async fn who_via_vip(cfg: Arc<rustls::ClientConfig>, limit: Duration) -> Result<String, String> {
+    let vip = SocketAddr::new(IpAddr::V4(VIP), FRONT_PORT);
+    match https_request(cfg, vip, "GET", "/who", &[], b"", limit).await {
+        Ok((200, who)) => Ok(who),
+        Ok((s, b)) => Err(format!("status {s}: {b}")),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
 /// `n` requests through the VIP from the client; returns per-backend counts and failures.
 pub fn sample(lab: &Lab, n: usize) -> (std::collections::BTreeMap<String, u64>, Vec<String>) {
     let cfg = lab.pki.client_config(&[], false);
     lab.client()
         .run(Duration::from_secs(60), async move {
-            let vip = SocketAddr::new(IpAddr::V4(VIP), FRONT_PORT);
             let mut seen = std::collections::BTreeMap::new();
             let mut errs = Vec::new();
             for _ in 0..n {
-                match https_request(
-                    cfg.clone(),
-                    vip,
-                    "GET",
-                    "/who",
-                    &[],
-                    b"",
-                    Duration::from_secs(3),
-                )
-                .await
-                {
-                    Ok((200, who)) => *seen.entry(who).or_insert(0u64) += 1,
-                    Ok((s, b)) => errs.push(format!("status {s}: {b}")),
-                    Err(e) => errs.push(format!("{e:#}")),
+                match who_via_vip(cfg.clone(), Duration::from_secs(3)).await {
+                    Ok(who) => *seen.entry(who).or_insert(0u64) += 1,
+                    Err(e) => errs.push(e),
                 }
             }
             (seen, errs)
