@@ -464,8 +464,10 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
                 .map_err(|e| StepError::wrap(format!("read {path}"), e))?
                 .unwrap_or_default();
             let want = merge_keys(&cur, &u.ssh_authorized_keys);
-            root.write(&path, want.as_bytes(), FileOpts { mode: 0o600, owner })
-                .map_err(|e| StepError::wrap(format!("user {}: write {path}", u.name), e))?;
+            if want != cur {
+                root.write(&path, want.as_bytes(), FileOpts { mode: 0o600, owner })
+                    .map_err(|e| StepError::wrap(format!("user {}: write {path}", u.name), e))?;
+            }
             keys += u.ssh_authorized_keys.len();
         }
     }
