@@ -140,8 +140,10 @@ async fn read_body(body: Incoming) -> Result<Bytes, Box<Resp>> {
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Resp>> {
-    serde_json::from_slice(bytes).map_err(|e| {
+/// Reads the (bounded) body and parses it as JSON; the error is the response to send.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Box<Resp>> {
+    let bytes = read_body(body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
         // serde's message names the unknown or missing field.
         Box::new(error(StatusCode::BAD_REQUEST, None, format!("invalid JSON body: {e}")))
     })
@@ -211,11 +213,7 @@ async fn handle_in_span(
     let resp = match (rest, &method) {
         (Some(""), &Method::GET) => reply(StatusCode::OK, ctl.listing().await),
         (Some(""), &Method::PUT) => {
-            let body = match read_body(req.into_body()).await {
-                Ok(b) => b,
-                Err(r) => return *r,
-            };
-            let parsed: ReplaceBody = match json_body(&body) {
+            let parsed: ReplaceBody = match json_body(req.into_body()).await {
                 Ok(v) => v,
                 Err(r) => return *r,
             };
@@ -239,11 +237,7 @@ async fn handle_in_span(
             change_response(ctl.replace(list).await, &ctl, StatusCode::OK).await
         }
         (Some(""), &Method::POST) => {
-            let body = match read_body(req.into_body()).await {
-                Ok(b) => b,
-                Err(r) => return *r,
-            };
-            let parsed: AddBody = match json_body(&body) {
+            let parsed: AddBody = match json_body(req.into_body()).await {
                 Ok(v) => v,
                 Err(r) => return *r,
             };
