@@ -70,6 +70,37 @@ pub fn try_build(profile: &str, out: &Path, extra: &[&str]) -> std::process::Out
         .expect("run capstan build")
 }
 
+/// Builds (or reuses) the lb image with `--firmware bios` (SYSLINUX on the ESP; hybrid: it
+/// boots under UEFI too) into `lb-bios/`, sharing the stage cache with [`lb_image`].
+pub fn lb_bios_image() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_into("lb", &e2e_dir().join("lb-bios"), &["--firmware", "bios"]))
+        .clone()
+}
+
+/// Builds lb with `--firmware bios` again into `out`, redoing the disk and outputs stages
+/// (where the BIOS boot loader is installed) from the cached customize stage.
+pub fn rebuild_lb_bios(out: &Path) -> PathBuf {
+    build_into("lb", out, &["--firmware", "bios", "--rebuild", "disk,outputs"])
+}
+
+/// The sha256 of each output recorded in `DIR/PROFILE.build.json`, by format.
+pub fn output_digests(dir: &Path, profile: &str) -> Vec<(String, String)> {
+    let path = dir.join(format!("{profile}.build.json"));
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+    )
+    .unwrap();
+    let mut out: Vec<(String, String)> = report["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["format"].as_str().unwrap().into(), o["sha256"].as_str().unwrap().into()))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Builds lb again into `out`, redoing every stage after the cached rootfs.
 pub fn rebuild_lb(out: &Path) -> PathBuf {
     build_into("lb", out, &["--rebuild", "customize,disk,outputs"])
