@@ -482,6 +482,93 @@ mod tests {
         );
     }
 
+    /// A small disk from a fake root: the real mkfs, mtools and SYSLINUX installer.
+    fn small_disk(firmware: Firmware, t: &Path, out: &str) -> PathBuf {
+        let root = t.join("root");
+        let efi = root.join("usr/lib/systemd/boot/efi");
+        if !efi.exists() {
+            fs::create_dir_all(&efi).unwrap();
+            fs::write(efi.join("systemd-bootx64.efi"), b"MZ not really systemd-boot").unwrap();
+            fs::create_dir_all(root.join("etc")).unwrap();
+            fs::write(root.join("etc/hostname"), b"capstan\n").unwrap();
+            fs::write(t.join("vmlinuz"), vec![0x4b; 300_000]).unwrap();
+            fs::write(t.join("initrd.img"), vec![0x1f; 100_000]).unwrap();
+        }
+        let out = t.join(out);
+        fs::create_dir_all(&out).unwrap();
+        let spec = DiskSpec {
+            root: &root,
+            vmlinuz: &t.join("vmlinuz"),
+            initrd: &t.join("initrd.img"),
+            cmdline: "console=ttyS0,115200 quiet",
+            title: "Capstan test 1.0",
+            size_mib: 80,
+            esp_mib: 40,
+            epoch: 1_767_225_600,
+            firmware,
+        };
+        run(&spec, &DiskIds::derive("unit-test"), &out).unwrap()
+    }
+
+    fn mtools(args: &[&str], raw: &Path) -> String {
+        let mut cmd = Command::new(args[0]);
+        cmd.env("MTOOLS_SKIP_CHECK", "1")
+            .args(&args[1..args.len() - 1])
+            .arg("-i")
+            .arg(format!("{}@@{}", raw.display(), MIB))
+            .arg(args[args.len() - 1]);
+        exec::output(&mut cmd).unwrap()
+    }
+
+    #[test]
+    fn bios_disk_is_hybrid_and_the_same_bytes_every_time() {
+        let t = tempfile::tempdir().unwrap();
+        let a = small_disk(Firmware::Bios, t.path(), "a");
+        // FAT times have a 2 s resolution: a clock leaking into the FAT would show.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let b = small_disk(Firmware::Bios, t.path(), "b");
+        assert_eq!(
+            super::super::cache::file_sha256(&a).unwrap(),
+            super::super::cache::file_sha256(&b).unwrap(),
+            "two BIOS disks from the same inputs differ"
+        );
+        let bytes = fs::read(&a).unwrap();
+        assert_eq!(&bytes[..gpt::MBR_BOOT_CODE], &gptmbr().unwrap()[..]);
+        let parts = gpt::read(&bytes[..(64 * SECTOR) as usize]).unwrap();
+        assert_eq!(parts[0].attrs, gpt::ATTR_LEGACY_BIOS_BOOTABLE);
+        let listing = mtools(&["mdir", "-a", "-b", "::/syslinux"], &a).to_lowercase();
+        for f in ["ldlinux.sys", "ldlinux.c32", "syslinux.cfg"] {
+            assert!(listing.contains(f), "{f} missing:\n{listing}");
+        }
+        let cfg = mtools(&["mtype", "::/syslinux/syslinux.cfg"], &a);
+        let entry = mtools(&["mtype", "::/loader/entries/capstan.conf"], &a);
+        let ids = DiskIds::derive("unit-test");
+        let e =
+            BootEntry::new("Capstan test 1.0", &ids.root_partuuid, "console=ttyS0,115200 quiet")
+                .unwrap();
+        assert_eq!(cfg, e.syslinux());
+        assert_eq!(entry, e.systemd_boot());
+        // Hybrid: systemd-boot and the kernel the entries name are there too.
+        mtools(&["mdir", "-b", "::/EFI/BOOT/BOOTX64.EFI"], &a);
+        mtools(&["mdir", "-b", &format!("::/{ESP_KERNEL}")], &a);
+        // The ESP's boot sector is SYSLINUX's now, with mkfs.fat's FAT32 BPB kept.
+        let vbr = &bytes[MIB as usize..MIB as usize + 512];
+        assert_eq!(&vbr[82..90], b"FAT32   ");
+        assert_eq!(&vbr[510..512], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn efi_disk_has_no_bios_boot_path() {
+        let t = tempfile::tempdir().unwrap();
+        let raw = small_disk(Firmware::Efi, t.path(), "efi");
+        let bytes = fs::read(&raw).unwrap();
+        assert!(bytes[..gpt::MBR_BOOT_CODE].iter().all(|&b| b == 0));
+        assert_eq!(gpt::read(&bytes[..(64 * SECTOR) as usize]).unwrap()[0].attrs, 0);
+        let root = mtools(&["mdir", "-a", "-b", "::/"], &raw).to_lowercase();
+        assert!(!root.contains("syslinux"), "{root}");
+        assert!(!root.contains("ldlinux"), "{root}");
+    }
+
     #[test]
     fn line_breaks_cannot_reach_the_loader_configs() {
         let u = Uuid::from_u128(7);
