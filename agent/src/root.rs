@@ -128,11 +128,12 @@ pub struct Root {
     stage: Arc<Mutex<HashMap<ThreadId, Stage>>>,
 }
 
-/// Staged changes, in the order they were made.
+/// Staged changes, in the order they were made. A later change of the same target shadows an
+/// earlier one (so that an inner level can be rolled back to what the outer level staged).
 #[derive(Debug, Default)]
 struct Stage {
-    /// How many [`Staging`] guards are open (nested ones join the outermost).
-    depth: usize,
+    /// One entry per open [`Staging`] guard: how many changes were staged when it opened.
+    levels: Vec<usize>,
     ops: Vec<Staged>,
 }
 
@@ -147,8 +148,27 @@ struct Staged {
 }
 
 impl Stage {
+    /// The latest change staged for `target`.
     fn find(&self, target: &Path) -> Option<usize> {
-        self.ops.iter().position(|o| o.target == target)
+        self.ops.iter().rposition(|o| o.target == target)
+    }
+
+    /// The latest change for `target` if the innermost level staged it (it may be changed in
+    /// place: rolling that level back discards it anyway).
+    fn find_in_level(&self, target: &Path) -> Option<usize> {
+        let mark = self.levels.last().copied().unwrap_or(0);
+        self.find(target).filter(|&i| i >= mark)
+    }
+
+    /// Stages a change of `target`: in place when this level already changed it, else on top.
+    fn put(&mut self, op: Staged) {
+        match self.find_in_level(&op.target) {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.ops[i], op);
+                discard(std::slice::from_ref(&old));
+            }
+            None => self.ops.push(op),
+        }
     }
 }
 
@@ -313,9 +333,14 @@ impl Root {
     /// [`Root::append`] and [`Root::remove`] only prepare their change (temp files written,
     /// nothing renamed or removed), and reads through this handle see the prepared state.
     /// [`Staging::commit`] applies them all; dropping the guard discards them. Opening a
-    /// staging while one is open joins it: only the outermost guard commits or discards.
+    /// staging while one is open starts an inner level: committing it hands its changes to the
+    /// level around it (only the outermost commit applies anything), dropping it discards its
+    /// own changes and keeps the outer level's (the first-boot runner stages the whole run and
+    /// each step inside it).
     pub fn stage(&self) -> Staging<'_> {
-        lock(&self.stage).entry(std::thread::current().id()).or_default().depth += 1;
+        let mut all = lock(&self.stage);
+        let st = all.entry(std::thread::current().id()).or_default();
+        st.levels.push(st.ops.len());
         Staging { root: self, done: false }
     }
 
@@ -514,18 +539,11 @@ impl Root {
         let (tmp, f) = self.write_temp(guest, &dir, &target, contents, opts)?;
         let tmp = match self.with_stage(|st| match st {
             Some(st) => {
-                match st.find(&target) {
-                    Some(i) => {
-                        if let Some(old) = st.ops[i].temp.replace(tmp) {
-                            let _ = fs::remove_file(old);
-                        }
-                    }
-                    None => st.ops.push(Staged {
-                        target: target.clone(),
-                        temp: Some(tmp),
-                        replacing: found == Found::File,
-                    }),
-                }
+                st.put(Staged {
+                    target: target.clone(),
+                    temp: Some(tmp),
+                    replacing: found == Found::File,
+                });
                 None
             }
             None => Some(tmp),
@@ -598,23 +616,15 @@ impl Root {
         let (p, found) = self.resolve_file(guest)?;
         let staged = self.with_stage(|st| {
             let st = st?;
-            Some(match st.find(&p) {
-                Some(i) => {
-                    let had = st.ops[i].temp.take();
-                    if let Some(temp) = &had {
-                        let _ = fs::remove_file(temp);
-                    }
-                    if !st.ops[i].replacing {
-                        st.ops.remove(i); // a staged creation: nothing left to do
-                    }
-                    had.is_some()
-                }
-                None if found.exists() => {
-                    st.ops.push(Staged { target: p.clone(), temp: None, replacing: true });
-                    true
-                }
-                None => false,
-            })
+            // what is there now: the latest staged change, or the disk
+            let there = match st.find(&p) {
+                Some(i) => st.ops[i].temp.is_some(),
+                None => found.exists(),
+            };
+            if there {
+                st.put(Staged { target: p.clone(), temp: None, replacing: found.exists() });
+            }
+            Some(there)
         });
         if let Some(removed) = staged {
             return Ok(removed);
@@ -678,21 +688,50 @@ impl Root {
         }
     }
 
-    /// Closes one level of this thread's staging; the staged changes when it was the outermost.
-    fn close_stage(&self) -> Option<Vec<Staged>> {
+    /// Closes the innermost level of this thread's staging. Committing keeps its changes for
+    /// the level around it, or returns them all when it was the outermost; rolling back
+    /// discards the changes it staged.
+    fn close_stage(&self, commit: bool) -> Option<Vec<Staged>> {
         let mut all = lock(&self.stage);
         let id = std::thread::current().id();
         let st = all.get_mut(&id)?;
-        st.depth -= 1;
-        if st.depth > 0 {
+        let mark = st.levels.pop().unwrap_or(0);
+        if !commit {
+            discard(&st.ops.split_off(mark.min(st.ops.len())));
+        }
+        if !st.levels.is_empty() {
             return None;
         }
         all.remove(&id).map(|s| s.ops)
     }
 
-    /// Applies staged changes in order. When one replaces an existing file, everything written
-    /// so far is made durable first, so no rename can point a name at content a crash loses.
-    fn commit_ops(&self, ops: Vec<Staged>) -> Result<usize, RootError> {
+    /// Applies everything this thread has staged so far, now, and keeps its stagings open:
+    /// for a step that is about to let another process read the files (a unit reload, a
+    /// command). What is flushed can no longer be rolled back. Returns how many changes.
+    pub fn flush_staged(&self) -> Result<usize, RootError> {
+        let ops = self.with_stage(|st| {
+            let st = st?;
+            st.levels.iter_mut().for_each(|m| *m = 0);
+            Some(std::mem::take(&mut st.ops))
+        });
+        match ops {
+            Some(ops) => self.commit_ops(ops),
+            None => Ok(0),
+        }
+    }
+
+    /// Applies staged changes in order (a change shadowed by a later one of the same target
+    /// is dropped). When one replaces an existing file, everything written so far is made
+    /// durable first, so no rename can point a name at content a crash loses.
+    fn commit_ops(&self, mut ops: Vec<Staged>) -> Result<usize, RootError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut shadowed = Vec::new();
+        for i in (0..ops.len()).rev() {
+            if !seen.insert(ops[i].target.clone()) {
+                shadowed.push(ops.remove(i));
+            }
+        }
+        discard(&shadowed);
         if ops.iter().any(|o| o.replacing && o.temp.is_some()) {
             if let Err(e) = self.sync() {
                 discard(&ops);
@@ -739,17 +778,17 @@ pub struct Staging<'a> {
 
 impl Staging<'_> {
     /// Applies the staged changes (see [`Root::stage`]) and returns how many there were. On
-    /// error the changes not yet applied are discarded. A nested staging commits nothing: its
-    /// changes stay staged for the outermost one.
+    /// error the changes not yet applied are discarded. An inner staging applies nothing: its
+    /// changes stay staged for the level around it.
     pub fn commit(mut self) -> Result<usize, RootError> {
         self.done = true;
-        match self.root.close_stage() {
+        match self.root.close_stage(true) {
             Some(ops) => self.root.commit_ops(ops),
             None => Ok(0),
         }
     }
 
-    /// Discards the staged changes (as dropping the guard does).
+    /// Discards the changes staged at this level (as dropping the guard does).
     pub fn rollback(self) {}
 }
 
@@ -758,7 +797,7 @@ impl Drop for Staging<'_> {
         if self.done {
             return;
         }
-        if let Some(ops) = self.root.close_stage() {
+        if let Some(ops) = self.root.close_stage(false) {
             discard(&ops);
         }
     }
@@ -893,7 +932,8 @@ mod tests {
         assert!(r.remove("/etc/tmpfile").unwrap(), "a staged creation removed again");
         assert!(r.remove("/etc/gone").unwrap());
         assert!(!r.remove("/etc/gone").unwrap());
-        assert_eq!(s.commit().unwrap(), 3);
+        // passwd, new/file, gone, and tmpfile's removal (a no-op: it never reached the disk)
+        assert_eq!(s.commit().unwrap(), 4);
         assert_eq!(fs::read(b.join("etc/passwd")).unwrap(), b"new\n");
         assert_eq!(fs::metadata(b.join("etc/passwd")).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read(b.join("etc/new/file")).unwrap(), b"n");
@@ -938,5 +978,39 @@ mod tests {
         assert!(r.base().join("log").exists() && !r.base().join("staged").exists());
         drop(s);
         assert!(r.base().join("log").exists() && !r.base().join("staged").exists());
+    }
+
+    #[test]
+    fn an_inner_level_rolls_back_alone_and_flush_applies_early() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let b = r.base().to_path_buf();
+        r.write("/x", b"0", FileOpts::default()).unwrap();
+        let run = r.stage();
+        r.write("/x", b"1", FileOpts::default()).unwrap();
+        r.write("/y", b"1", FileOpts::default()).unwrap();
+        {
+            let _step = r.stage();
+            r.write("/x", b"2", FileOpts::default()).unwrap();
+            assert!(r.remove("/y").unwrap());
+            r.write("/z", b"2", FileOpts::default()).unwrap();
+            assert_eq!(r.read("/x").unwrap().unwrap(), b"2");
+            assert_eq!(r.list("/").unwrap(), vec!["x", "z"]);
+        } // rolled back: the outer level's changes are back
+        assert_eq!(r.read("/x").unwrap().unwrap(), b"1");
+        assert_eq!(r.read("/y").unwrap().unwrap(), b"1");
+        assert!(!r.exists("/z").unwrap());
+        let step = r.stage();
+        r.append("/x", b"+", FileOpts::default()).unwrap();
+        assert_eq!(step.commit().unwrap(), 0);
+        assert_eq!(fs::read(b.join("x")).unwrap(), b"0", "nothing applied before the outer commit");
+        // a flush applies what is staged now; the staging stays open
+        assert_eq!(r.flush_staged().unwrap(), 2);
+        assert_eq!(fs::read(b.join("x")).unwrap(), b"1+");
+        r.write("/w", b"w", FileOpts::default()).unwrap();
+        assert!(!b.join("w").exists());
+        assert_eq!(run.commit().unwrap(), 1);
+        assert_eq!(fs::read(b.join("w")).unwrap(), b"w");
+        assert_eq!(r.list("/").unwrap(), vec!["w", "x", "y"], "no temp left");
     }
 }

@@ -318,19 +318,30 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         ("runcmd", commands::runcmd),
     ];
     let mut out = Vec::with_capacity(steps.len() + 1);
+    // The whole run's file changes are staged and applied together after the last step, so
+    // that the files a run replaces cost one sync before their renames, not one per step.
+    // Each step is an inner level: a failed step's changes are discarded, the others kept.
+    let run_staging = root.stage();
+    let commands_run = matches!(mode, Mode::Live | Mode::Rooted { run_commands: true });
     for (name, f) in steps {
         let span = tracing::info_span!("step", name);
         let _g = span.enter();
         let t = Instant::now();
-        // Each step's file changes are staged and land together when it succeeds; a failed
-        // step changes no file (its directories may stay, empty).
+        // A step that starts other processes that read the files (networkd, the commands)
+        // gets the earlier steps' files applied first.
+        let flush = match name {
+            "network-live" => mode == Mode::Live,
+            "bootcmd" | "runcmd" => commands_run,
+            _ => false,
+        };
+        let flushed = if flush { root.flush_staged().map(|_| ()) } else { Ok(()) };
         let staging = root.stage();
-        let result = f(&ctx).and_then(|outcome| {
-            staging
-                .commit()
-                .map(|_| outcome)
-                .map_err(|e| StepError::wrap("apply the step's file changes", e))
-        });
+        let result = match flushed {
+            Ok(()) => f(&ctx).and_then(|outcome| {
+                staging.commit().map(|_| outcome).map_err(|e| StepError::wrap("stage", e))
+            }),
+            Err(e) => Err(StepError::wrap("apply the earlier steps' files first", e)),
+        };
         let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
         let rec = match result {
             Ok(Outcome::Ok(detail)) => {
@@ -367,10 +378,11 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         };
         out.push(rec);
     }
-    // One sync for all the steps' writes, before the caller records them as done. If it
-    // fails, a `sync` record says so: the caller must not count this run's steps as done.
+    // Apply the run's changes (one sync first if they replace files), then one sync for all
+    // of it, before the caller records the run. If either fails, a `sync` record says so:
+    // the caller must not count this run's steps as done.
     let t = Instant::now();
-    let synced = root.sync();
+    let synced = run_staging.commit().and_then(|_| root.sync());
     let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
     match synced {
         Ok(()) => tracing::debug!(duration_ms, "first-boot writes synced"),
@@ -380,7 +392,7 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
             out.push(StepRecord {
                 name: SYNC_STEP.into(),
                 status: StepStatus::Failed,
-                detail: "the steps' writes may not survive a crash; they run again".into(),
+                detail: "the steps' files may be missing or not durable; they run again".into(),
                 error: Some(error),
                 duration_ms,
             });

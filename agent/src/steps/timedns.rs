@@ -134,6 +134,10 @@ fn reload(ctx: &Ctx<'_>, unit: &str, did: &str) -> String {
     if !ctx.live() || did.ends_with("unchanged") || did == "nothing to configure" {
         return did.to_owned();
     }
+    // the unit reads the file: apply what is staged now
+    if let Err(e) = ctx.root.flush_staged() {
+        return format!("{did}; {unit} not reloaded ({})", super::error_chain(&e));
+    }
     match std::process::Command::new("systemctl").args(["try-reload-or-restart", unit]).output() {
         Ok(o) if o.status.success() => format!("{did}; {unit} reloaded"),
         _ => format!("{did}; {unit} not reloaded (systemd not reachable)"),
