@@ -78,10 +78,25 @@ pub fn lb_bios_image() -> PathBuf {
         .clone()
 }
 
-/// Builds lb with `--firmware bios` again into `out`, redoing the disk and outputs stages
-/// (where the BIOS boot loader is installed) from the cached customize stage.
-pub fn rebuild_lb_bios(out: &Path) -> PathBuf {
-    build_into("lb", out, &["--firmware", "bios", "--rebuild", "disk,outputs"])
+/// Builds lb with `--firmware bios` into `out` with this agent binary (a snapshot, so that a
+/// concurrent `cargo build` of the agent cannot change the inputs between two builds), on the
+/// shared cache; `extra` e.g. `--rebuild disk,outputs`.
+pub fn build_lb_bios_with_agent(out: &Path, agent: &Path, extra: &[&str]) -> PathBuf {
+    let cache = e2e_dir().join("cache");
+    let o = Command::new(capstan())
+        .current_dir(capstan_e2e::workspace_root())
+        .args(["build", "lb", "-o", s(out), "--formats", "ova,qcow2", "--firmware", "bios"])
+        .args(["--agent-bin", s(agent), "--cache", s(&cache)])
+        .args(extra)
+        .output()
+        .expect("run capstan build");
+    assert!(
+        o.status.success(),
+        "capstan build lb --firmware bios failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.to_path_buf()
 }
 
 /// The sha256 of each output recorded in `DIR/PROFILE.build.json`, by format.
