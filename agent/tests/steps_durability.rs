@@ -215,3 +215,24 @@ fn the_record_is_written_last_after_one_sync_and_a_rerun_changes_nothing() {
         calls.iter().filter(|l| l.contains("rename") && !l.contains("/var/lib/capstan/")).collect();
     assert!(step_renames.is_empty(), "the second run rewrote files: {step_renames:?}");
 }
+
+#[test]
+fn later_steps_see_earlier_steps_staged_files() {
+    // write_files puts a file into /etc/skel; the users step, later in the same run, copies it
+    // into a new home although it is still staged (not on disk) when users runs
+    let t = skeleton();
+    let b = t.path();
+    let cc = capstan_agent::cloudinit::parse_cloud_config(
+        "#cloud-config\nusers:\n  - name: bob\nwrite_files:\n  - path: /etc/skel/.capstanrc\n    content: \"hello\\n\"\n",
+    )
+    .unwrap();
+    let (mut plan, _) = Plan::from_cloud_init(None, Some(&cc), &User::default_user());
+    plan.ssh_host_key_types = Vec::new();
+    plan.machine_id = false;
+    let root = Root::new(b).unwrap();
+    let recs =
+        steps::run(&root, &plan, Mode::Rooted { run_commands: false }, &PerInstance::fresh());
+    assert!(recs.iter().all(|r| r.status != StepStatus::Failed), "{recs:?}");
+    assert_eq!(std::fs::read_to_string(b.join("home/bob/.capstanrc")).unwrap(), "hello\n");
+    assert_eq!(std::fs::read_to_string(b.join("etc/skel/.capstanrc")).unwrap(), "hello\n");
+}

@@ -445,7 +445,10 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
                 .map_err(|e| StepError::wrap(format!("user {}: create {home}", u.name), e))?;
             for f in root.list("/etc/skel").map_err(|e| StepError::wrap("list /etc/skel", e))? {
                 let src = format!("/etc/skel/{f}");
-                if root.resolve(&src).map(|p| p.is_file()).unwrap_or(false) {
+                // files only; one written by an earlier step of this run is still staged
+                // (not on disk yet), so ask the root rather than the disk whether it is a file
+                let dir = root.resolve(&src).map(|p| p.is_dir()).unwrap_or(true);
+                if !dir && root.exists(&src).unwrap_or(false) {
                     if let Some(data) =
                         root.read(&src).map_err(|e| StepError::wrap(format!("read {src}"), e))?
                     {
