@@ -34,7 +34,7 @@ pub struct Customized {
     pub root: PathBuf,
     /// Kernel image taken out of /boot.
     pub vmlinuz: PathBuf,
-    /// Initramfs taken out of /boot.
+    /// Initramfs for the ESP: taken out of /boot, or made by the builder.
     pub initrd: PathBuf,
     /// The builder's initramfs (`kernel.initramfs = "capstan"`): modules, sizes.
     #[serde(default)]
