@@ -50,6 +50,40 @@ pub struct Customized {
 }
 
 /// Runs the stage: `rootfs_tar` is unpacked into `out_dir/root`.
+
+/// The Kubernetes binaries `--kube-bin DIR` must hold; installed to /usr/bin, mode 0755.
+pub const KUBE_BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
+
+/// Checks `--kube-bin DIR` before any stage runs: DIR is a directory and each of
+/// [`KUBE_BINARIES`] is a regular file (symlinks followed) with an execute bit.
+pub fn check_kube_bin(dir: &Path) -> anyhow::Result<()> {
+    let meta = fs::metadata(dir).with_context(|| format!("--kube-bin {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("--kube-bin {}: not a directory", dir.display());
+    }
+    for name in KUBE_BINARIES {
+        let path = dir.join(name);
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => {
+                let mode = m.permissions().mode() & 0o7777;
+                if mode & 0o111 == 0 {
+                    bail!(
+                        "--kube-bin {}: {} is not executable (mode {mode:o})",
+                        dir.display(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(_) => {
+                bail!("--kube-bin {}: {} is not a regular file", dir.display(), path.display())
+            }
+            Err(e) => {
+                bail!("--kube-bin {}: {name} is missing ({}: {e})", dir.display(), path.display())
+            }
+        }
+    }
+    Ok(())
+}
 pub fn run(
     p: &LoadedProfile,
     inputs: &Inputs,
@@ -125,7 +159,7 @@ pub fn run(
 
     install_agent(&root, inputs, &mut warnings)?;
     if let Some(dir) = &inputs.kube_bin {
-        for name in ["kubeadm", "kubelet", "kubectl"] {
+        for name in KUBE_BINARIES {
             let src = dir.join(name);
             if !src.is_file() {
                 bail!("--kube-bin {}: {name} is missing", dir.display());

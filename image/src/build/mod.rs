@@ -199,6 +199,10 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     {
         bail!("--rebuild {bad}: stages are rootfs, customize, disk, outputs");
     }
+    // A bad --kube-bin fails now, not after a minute of mmdebstrap.
+    if let Some(k) = &opts.kube_bin {
+        customize::check_kube_bin(k)?;
+    }
     let hit = |e: &Entry, stage: &str| {
         !opts.no_cache && !opts.rebuild.iter().any(|r| r == stage) && e.is_complete()
     };
@@ -404,6 +408,22 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             "modules_kept": c.modules_kept,
             "modules_total": c.modules_total,
             "initramfs": c.initramfs,
+            "kube_bin": match &opts.kube_bin {
+                None => serde_json::Value::Null,
+                Some(k) => customize::KUBE_BINARIES
+                    .iter()
+                    .map(|n| {
+                        let p = k.join(n);
+                        Ok(serde_json::json!({
+                            "name": n,
+                            "path": format!("/usr/bin/{n}"),
+                            "bytes": fs::metadata(&p)?.len(),
+                            "sha256": cache::file_sha256(&p)?,
+                        }))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+                    .into(),
+            },
             "root_bytes": du(&c.root),
             "disk_bytes": prof.disk.size_mib * 1024 * 1024,
             "ids": ids,
