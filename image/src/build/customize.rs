@@ -49,8 +49,6 @@ pub struct Customized {
     pub warnings: Vec<String>,
 }
 
-/// Runs the stage: `rootfs_tar` is unpacked into `out_dir/root`.
-
 /// The Kubernetes binaries `--kube-bin DIR` must hold; installed to /usr/bin, mode 0755.
 pub const KUBE_BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
@@ -84,6 +82,8 @@ pub fn check_kube_bin(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs the stage: `rootfs_tar` is unpacked into `out_dir/root`.
 pub fn run(
     p: &LoadedProfile,
     inputs: &Inputs,
