@@ -81,6 +81,10 @@ pub fn vmdk(
     let opts = ovf::vmdk::WriteOptions {
         extent_name: extent_name.to_string(),
         adapter_type: ovf::vmdk::AdapterType::LsiLogic,
+        // A template is written once and copied many times: libdeflate level 10 makes the lb
+        // VMDK 1.3 MB (2.3 %) smaller than level 6 for ~7 s more CPU on the outputs stage
+        // (measured on the lb disk; level 12 saves only 0.07 MB more at twice the CPU).
+        compression_level: 10,
         ..Default::default()
     };
     let summary = ovf::vmdk::write_stream_optimized(input, len, out, &opts, &mut |p| {
