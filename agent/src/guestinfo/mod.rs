@@ -8,6 +8,7 @@
 
 pub mod backdoor;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,29 @@ pub trait Guestinfo: std::fmt::Debug + Send + Sync {
     fn get(&self, key: &str) -> Result<Option<String>, GuestinfoError>;
     /// Sets `key` (used to scrub consumed secrets and to publish status).
     fn set(&self, key: &str, value: &str) -> Result<(), GuestinfoError>;
+    /// The keys set right now, when the transport can list them in one cheap call (a
+    /// directory); `None` when it cannot (VMware's backdoor has no listing RPC), and callers
+    /// ask for each key they want. Lets first boot skip asking for every schema key by name.
+    fn keys(&self) -> Option<BTreeSet<String>> {
+        None
+    }
+}
+
+/// The keys named by the entries of `dir` (`guestinfo.` prefix removed); empty when `dir`
+/// does not exist, `None` when it cannot be read.
+fn list_keys(dir: &Path) -> Option<BTreeSet<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(BTreeSet::new()),
+        Err(_) => return None,
+    };
+    let mut keys = BTreeSet::new();
+    for entry in entries {
+        let name = entry.ok()?.file_name();
+        let name = name.to_string_lossy();
+        keys.insert(name.strip_prefix("guestinfo.").unwrap_or(&name).to_owned());
+    }
+    Some(keys)
 }
 
 /// Errors from a guestinfo transport.
@@ -148,6 +172,10 @@ impl Guestinfo for DirGuestinfo {
         root.write(&name, value.as_bytes(), crate::root::FileOpts::mode(0o600)).map_err(write)?;
         root.sync().map_err(write)
     }
+
+    fn keys(&self) -> Option<BTreeSet<String>> {
+        list_keys(&self.dir)
+    }
 }
 
 /// The default fw_cfg directory QEMU's `-fw_cfg name=opt/capstan/guestinfo/<key>` shows up in.
@@ -192,6 +220,10 @@ impl Guestinfo for FwCfg {
     fn set(&self, _key: &str, _value: &str) -> Result<(), GuestinfoError> {
         Err(GuestinfoError::ReadOnly("fw_cfg"))
     }
+
+    fn keys(&self) -> Option<BTreeSet<String>> {
+        list_keys(&self.dir)
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +243,9 @@ mod tests {
         assert_eq!(fs::read_to_string(d.path().join("userdata")).unwrap(), "---");
         assert!(!d.path().join("guestinfo.userdata").exists());
         assert!(matches!(g.get("../etc/passwd"), Err(GuestinfoError::InvalidKey(_))));
+        let keys = g.keys().expect("a directory lists its keys");
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), ["metadata", "userdata"]);
+        assert_eq!(DirGuestinfo::new(d.path().join("absent")).keys(), Some(BTreeSet::new()));
     }
 
     #[test]
@@ -233,5 +268,8 @@ mod tests {
         assert_eq!(g.get("metadata").unwrap().as_deref(), Some("instance-id: x"));
         assert_eq!(g.get("userdata").unwrap(), None);
         assert!(matches!(g.set("metadata", ""), Err(GuestinfoError::ReadOnly(_))));
+        fs::create_dir_all(d.path().join("guestinfo.capstan.hostname")).unwrap();
+        let keys = g.keys().expect("fw_cfg lists its keys");
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), ["capstan.hostname", "metadata"]);
     }
 }

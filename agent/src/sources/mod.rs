@@ -312,8 +312,13 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
     // 4. Direct guestinfo.capstan.* keys.
     let mut direct: Layer = Vec::new();
     if let Some(g) = gi.as_deref() {
+        // A transport that can list its keys is asked only for those it has.
+        let listed = g.keys();
         for path in all_concrete_paths() {
             let key = format!("{}{path}", schema::KEY_PREFIX);
+            if listed.as_ref().is_some_and(|keys| !keys.contains(&key)) {
+                continue;
+            }
             match g.get(&key) {
                 Ok(Some(v)) if v.len() > encoding::GUESTINFO_VALUE_LIMIT => {
                     errors.push(SourceError::new(
