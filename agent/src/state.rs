@@ -81,7 +81,29 @@ pub struct Status {
     /// Once-per-instance steps that have succeeded for this instance, over all runs.
     #[serde(default)]
     pub done: BTreeSet<String>,
+    /// The stages that made this record, in order (`early` then `final`, or `all`).
+    #[serde(default)]
+    pub stages: Vec<StageRun>,
 }
+
+/// One stage's run, as recorded in [`Status::stages`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRun {
+    /// `early`, `final` or `all`.
+    pub stage: String,
+    /// Seconds since the epoch when it started.
+    pub started_at: u64,
+    /// Its wall time in milliseconds.
+    pub duration_ms: u64,
+    /// `ok` when its own steps are ok or skipped, else `failed`.
+    pub result: String,
+}
+
+/// The file, beside `status.json`, that holds what the final stage applies (deferred
+/// `write_files`, `runcmd`) as the early stage planned it: the early stage scrubs consumed
+/// user-data from guestinfo, so the final stage cannot read it again. Mode 0600: command lines
+/// carry bootstrap tokens (cloud-init keeps them in `/var/lib/cloud/instance/scripts/` too).
+pub const FINAL_PLAN_FILE: &str = "final-plan.json";
 
 impl Status {
     /// Builds the status of a run from what was gathered and the step records.
@@ -130,6 +152,7 @@ impl Status {
             steps,
             result: if failed { "failed" } else { "ok" }.into(),
             done: BTreeSet::new(),
+            stages: Vec::new(),
         }
     }
 
@@ -255,5 +278,32 @@ impl State {
         staging.commit()?;
         self.root.sync()?;
         Ok(())
+    }
+
+    /// Keeps the final stage's part of the plan for `instance_id` (mode 0600).
+    pub fn save_final_plan(
+        &self,
+        instance_id: &str,
+        plan: &crate::steps::Plan,
+    ) -> Result<(), StateError> {
+        let path = Self::instance_dir(instance_id).join(FINAL_PLAN_FILE);
+        let json = serde_json::to_vec_pretty(plan)
+            .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source })?;
+        self.root.write(&path, &json, FileOpts::mode(0o600))?;
+        Ok(())
+    }
+
+    /// The final stage's part of the plan the early stage kept for `instance_id`.
+    pub fn load_final_plan(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<crate::steps::Plan>, StateError> {
+        let path = Self::instance_dir(instance_id).join(FINAL_PLAN_FILE);
+        match self.root.read(&path)? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source }),
+        }
     }
 }

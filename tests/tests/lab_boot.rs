@@ -1,6 +1,7 @@
 //! Boot the built lb template under QEMU (TCG here) with `capstan lab run` and read what the
 //! agent applied: once with vApp properties (OVF environment ISO, as vCenter delivers them)
-//! and once with CAPV-style guestinfo metadata/userdata (through fw_cfg).
+//! and once with CAPV-style guestinfo metadata/userdata (through fw_cfg), whose `runcmd` must
+//! run in the final stage: after systemd-networkd is up and the default route is set.
 
 #[path = "image_support.rs"]
 mod support;
@@ -71,7 +72,8 @@ fn lab_boot_applies_capv_guestinfo() {
     std::fs::write(
         &user,
         format!(
-            "#cloud-config\nusers:\n  - name: capv\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    ssh_authorized_keys:\n      - \"{SSH_KEY}\"\n"
+            "#cloud-config\nusers:\n  - name: capv\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    ssh_authorized_keys:\n      - \"{SSH_KEY}\"\n\
+             runcmd:\n  - '{RUNCMD_PROBE}'\n"
         ),
     )
     .unwrap();
@@ -85,5 +87,22 @@ fn lab_boot_applies_capv_guestinfo() {
     ];
     let r = lab_run(&ova, &args);
     assert_applied(&r, "lb-e2e-capv", "guestinfo");
-    assert_eq!(r["status"]["instance_id"], "lb-e2e-capv-1");
+    let st = &r["status"];
+    assert_eq!(st["instance_id"], "lb-e2e-capv-1");
+    // runcmd ran in the final stage, once the network was up: the probe exits non-zero (and
+    // the step fails with its output) unless networkd is active and the default route is set.
+    let stages: Vec<&str> =
+        st["stages"].as_array().unwrap().iter().filter_map(|s| s["stage"].as_str()).collect();
+    assert_eq!(stages, ["early", "final"], "{st:#}");
+    let online = step(st, "network-online");
+    assert_eq!(online["status"], "ok", "{online:#}");
+    assert!(online["detail"].as_str().unwrap().contains("10.0.2.15"), "{online:#}");
+    let run = step(st, "runcmd");
+    assert_eq!(run["status"], "ok", "runcmd ran before the network was up: {run:#}");
+    assert!(run["detail"].as_str().unwrap().contains("ran 1 command"), "{run:#}");
+    assert_eq!(st["result"], "ok", "{st:#}");
 }
+
+/// A runcmd entry that succeeds only with systemd-networkd active and an IPv4 default route
+/// (not so before the network: the early stage runs before networkd starts).
+const RUNCMD_PROBE: &str = "systemctl is-active systemd-networkd && ip -4 route show default | grep -q via && echo probe-ok";

@@ -8,8 +8,8 @@ use super::{SourceArgs, EXIT_ERROR, EXIT_OK, EXIT_STEP_FAILED};
 use crate::root::{FileOpts, Root};
 use crate::schema::{self, Config};
 use crate::sources::{self, chain, Gathered, SourceOptions};
-use crate::state::{State, Status};
-use crate::steps::{self, Mode, PerInstance, StepStatus};
+use crate::state::{StageRun, State, Status};
+use crate::steps::{self, Mode, PerInstance, Stage, StepRecord, StepStatus};
 
 /// Source options for the command line.
 pub fn source_options(src: &SourceArgs) -> SourceOptions {
@@ -57,17 +57,34 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// One pass of first boot: gather, plan, run the steps, record. Used by `firstboot` and by the
-/// daemon when the instance-id changes.
+/// One pass of first boot, every step ([`Stage::All`]): gather, plan, run the steps, record.
 pub fn apply_once(opts: &SourceOptions, root: &Root, mode: Mode, scrub: bool) -> Status {
+    apply_stage(opts, root, mode, scrub, Stage::All).0
+}
+
+/// One stage of first boot. Returns the merged status and the names of the steps that failed
+/// in this run (the final stage's exit code does not repeat the early stage's failures).
+pub fn apply_stage(
+    opts: &SourceOptions,
+    root: &Root,
+    mode: Mode,
+    scrub: bool,
+    stage: Stage,
+) -> (Status, Vec<String>) {
     let started = Instant::now();
     let started_at = now_secs();
     let g = sources::gather(opts);
     let gather_ms = started.elapsed().as_millis() as u64;
-    apply_gathered(&g, root, mode, scrub, started, started_at, gather_ms)
+    if stage == Stage::Final {
+        return apply_final(&g, root, mode, scrub, started, started_at);
+    }
+    let st = apply_gathered_stage(&g, root, mode, scrub, started, started_at, gather_ms, stage);
+    let failed = st.failed_steps().into_iter().map(str::to_owned).collect();
+    (st, failed)
 }
 
-/// [`apply_once`] with sources already gathered.
+/// [`apply_once`] with sources already gathered (the daemon's re-run for a new instance-id:
+/// every step, the network is up by then).
 pub fn apply_gathered(
     g: &Gathered,
     root: &Root,
@@ -76,6 +93,26 @@ pub fn apply_gathered(
     started: Instant,
     started_at: u64,
     gather_ms: u64,
+) -> Status {
+    apply_gathered_stage(g, root, mode, scrub, started, started_at, gather_ms, Stage::All)
+}
+
+/// The detail of a final-stage step recorded by the early stage.
+pub const PENDING_DETAIL: &str =
+    "runs in the final stage (capstan-agent-final.service: after network-online and the container runtime)";
+
+/// The early stage or all of first boot, with sources gathered; records the run (replacing
+/// the instance's earlier record) and keeps the final stage's part of the plan.
+#[allow(clippy::too_many_arguments)]
+fn apply_gathered_stage(
+    g: &Gathered,
+    root: &Root,
+    mode: Mode,
+    scrub: bool,
+    started: Instant,
+    started_at: u64,
+    gather_ms: u64,
+    stage: Stage,
 ) -> Status {
     for line in g.error_lines() {
         tracing::warn!("{line}");
@@ -107,8 +144,30 @@ pub fn apply_gathered(
     );
     let (plan, issues) = build_plan(g);
     let per_instance = PerInstance { done: done.clone() };
-    let mut records = steps::run(root, &plan, mode, &per_instance);
+    let mut records = steps::run_stage(root, &plan, mode, &per_instance, stage);
+    if stage == Stage::Early {
+        // Shown as pending until the final stage replaces them.
+        let at = records.iter().position(|r| r.name == steps::SYNC_STEP).unwrap_or(records.len());
+        let pending = steps::FINAL_STEPS.iter().map(|n| StepRecord {
+            name: (*n).into(),
+            status: StepStatus::Pending,
+            detail: PENDING_DETAIL.into(),
+            error: None,
+            duration_ms: 0,
+        });
+        records.splice(at..at, pending);
+    }
     apply_issues(&mut records, g, &issues, gather_ms);
+    // What the final stage applies, as planned now (user-data is scrubbed below).
+    let final_plan = steps::Plan {
+        instance_id: plan.instance_id.clone(),
+        files: plan.files.iter().filter(|f| f.defer).cloned().collect(),
+        runcmd: plan.runcmd.clone(),
+        ..steps::Plan::default()
+    };
+    if let Err(e) = state.save_final_plan(&id, &final_plan) {
+        extra_errors.push(format!("state (final stage plan): {}", chain(&e)));
+    }
     let mut done = done;
     // Steps count as done only when their writes are durable (no failed final sync).
     if !records.iter().any(|r| r.name == steps::SYNC_STEP) {
@@ -139,6 +198,12 @@ pub fn apply_gathered(
         extra_errors,
     );
     status.done = done;
+    status.stages = vec![StageRun {
+        stage: stage.name().into(),
+        started_at,
+        duration_ms: status.duration_ms,
+        result: status.result.clone(),
+    }];
     if let Err(e) = state.save(&status) {
         tracing::error!("recording state: {}", chain(&e));
         status.result = "failed".into();
@@ -147,6 +212,101 @@ pub fn apply_gathered(
         publish_status(g, &status);
     }
     status
+}
+
+/// The final stage: the steps of [`steps::FINAL_STEPS`] on the plan the early stage kept for
+/// this instance, merged into its record. When no early stage is recorded for the current
+/// instance-id (its unit did not run, or a new clone came up without it), every step runs
+/// instead: commands must not run on a node whose identity, network, files and users are
+/// another instance's. When the early stage ran but a step failed, the final steps run anyway
+/// (as cloud-final runs after a failed init module); the record's `result` stays `failed`.
+fn apply_final(
+    g: &Gathered,
+    root: &Root,
+    mode: Mode,
+    scrub: bool,
+    started: Instant,
+    started_at: u64,
+) -> (Status, Vec<String>) {
+    let state = State::new(root.clone());
+    let id = g.instance_id.to_string();
+    let current = state.current_instance().ok().flatten();
+    let prior =
+        if current.as_deref() == Some(id.as_str()) { state.load(&id).ok().flatten() } else { None };
+    let final_plan = state.load_final_plan(&id);
+    let (mut status, plan) = match (prior, final_plan) {
+        (Some(p), Ok(Some(plan))) => (p, plan),
+        (prior, plan) => {
+            let why = match (prior, plan) {
+                (None, _) => format!(
+                    "no early stage recorded for instance-id {id} (recorded: {})",
+                    current.as_deref().unwrap_or("none")
+                ),
+                (Some(_), Ok(_)) => format!("no final-stage plan kept for instance-id {id}"),
+                (Some(_), Err(e)) => format!("final-stage plan: {}", chain(&e)),
+            };
+            tracing::warn!("{why}: running every step now");
+            let gather_ms = started.elapsed().as_millis() as u64;
+            let st = apply_gathered_stage(
+                g,
+                root,
+                mode,
+                scrub,
+                started,
+                started_at,
+                gather_ms,
+                Stage::All,
+            );
+            let failed = st.failed_steps().into_iter().map(str::to_owned).collect();
+            return (st, failed);
+        }
+    };
+    tracing::info!(instance_id = %id, "first boot, final stage");
+    let per_instance = PerInstance { done: status.done.clone() };
+    let mut records = steps::run_stage(root, &plan, mode, &per_instance, Stage::Final);
+    // A value refused for a final step (say `commands.runcmd`) fails it, as at the early stage.
+    let (_, issues) = build_plan(g);
+    for i in issues.iter().filter(|i| steps::FINAL_STEPS.contains(&i.step)) {
+        if let Some(r) = records.iter_mut().find(|r| r.name == i.step) {
+            r.status = StepStatus::Failed;
+            r.error = Some(match r.error.take() {
+                Some(prev) => format!("{}; {prev}", i.message),
+                None => i.message.clone(),
+            });
+        }
+    }
+    let synced = !records.iter().any(|r| r.name == steps::SYNC_STEP);
+    if synced {
+        status
+            .done
+            .extend(records.iter().filter(|r| r.status == StepStatus::Ok).map(|r| r.name.clone()));
+    }
+    let failed: Vec<String> =
+        records.iter().filter(|r| r.status == StepStatus::Failed).map(|r| r.name.clone()).collect();
+    for rec in records {
+        match status.steps.iter_mut().find(|r| r.name == rec.name) {
+            Some(r) => *r = rec,
+            None => status.steps.push(rec),
+        }
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    status.duration_ms += duration_ms;
+    status.stages.push(StageRun {
+        stage: Stage::Final.name().into(),
+        started_at,
+        duration_ms,
+        result: if failed.is_empty() { "ok" } else { "failed" }.into(),
+    });
+    let any_failed = status.steps.iter().any(|r| r.status == StepStatus::Failed);
+    status.result = if any_failed { "failed" } else { "ok" }.into();
+    if let Err(e) = state.save(&status) {
+        tracing::error!("recording state: {}", chain(&e));
+        status.result = "failed".into();
+    }
+    if scrub {
+        publish_status(g, &status);
+    }
+    (status, failed)
 }
 
 /// The one-line status published to `guestinfo.capstan.status` (vCenter and govc can read it
@@ -179,7 +339,7 @@ fn publish_status(g: &Gathered, status: &Status) {
 }
 
 /// `capstan-agent firstboot`.
-pub fn firstboot(src: &SourceArgs, run_commands: bool, scrub: bool) -> i32 {
+pub fn firstboot(src: &SourceArgs, run_commands: bool, scrub: bool, stage: Stage) -> i32 {
     let (root, opts) = match open(src) {
         Ok(o) => o,
         Err(e) => return finish(Err(e)),
@@ -187,13 +347,16 @@ pub fn firstboot(src: &SourceArgs, run_commands: bool, scrub: bool) -> i32 {
     let mode = if src.root.is_some() { Mode::Rooted { run_commands } } else { Mode::Live };
     // Under --root nothing is written outside DIR, so guestinfo is only scrubbed when asked.
     let scrub = scrub || src.root.is_none();
-    let status = apply_once(&opts, &root, mode, scrub);
-    let failed = status.failed_steps();
+    let (status, failed) = apply_stage(&opts, &root, mode, scrub, stage);
     if failed.is_empty() {
-        tracing::info!(ms = status.duration_ms, "first boot complete");
+        tracing::info!(ms = status.duration_ms, stage = stage.name(), "first boot complete");
         EXIT_OK
     } else {
-        eprintln!("capstan-agent: first boot finished with failed steps: {}", failed.join(", "));
+        eprintln!(
+            "capstan-agent: first boot ({} stage) finished with failed steps: {}",
+            stage.name(),
+            failed.join(", ")
+        );
         EXIT_STEP_FAILED
     }
 }

@@ -68,11 +68,21 @@ pub struct SourceArgs {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Configure this node from its sources (the oneshot unit before systemd-networkd).
+    /// Configure this node from its sources: the early stage (identity, network, DNS, NTP,
+    /// bootcmd, write_files, users; the oneshot unit before systemd-networkd) and the final
+    /// stage (a bounded wait for a routable address, deferred write_files, runcmd; the unit
+    /// after network-online and the container runtime).
     Firstboot {
         /// Sources.
         #[command(flatten)]
         src: SourceArgs,
+        /// Which steps to run: `early` (capstan-agent-firstboot.service), `final`
+        /// (capstan-agent-final.service: the early stage's plan for this instance, merged into
+        /// its record; every step when no early stage is recorded for the current instance-id)
+        /// or `all`, in order. The final stage waits up to 120 s (CAPSTAN_ONLINE_TIMEOUT) for a
+        /// routable address; not under --root.
+        #[arg(long, value_enum, default_value = "all", value_name = "STAGE")]
+        stage: crate::steps::Stage,
         /// Under --root, also run bootcmd/runcmd (on the host, in DIR).
         #[arg(long)]
         run_commands: bool,
@@ -173,7 +183,9 @@ pub fn init_logging(format: Option<LogFormat>) {
 pub fn run(cli: Cli) -> i32 {
     init_logging(cli.log_format);
     match cli.command {
-        Command::Firstboot { src, run_commands, scrub } => firstboot(&src, run_commands, scrub),
+        Command::Firstboot { src, run_commands, scrub, stage } => {
+            firstboot(&src, run_commands, scrub, stage)
+        }
         Command::Status { root, json } => status(root.as_deref(), json),
         Command::Config { command } => match command {
             ConfigCommand::Schema { json, ovf, markdown, profile } => {

@@ -11,7 +11,10 @@
 //! skipped when they already succeeded for the current instance-id.
 //!
 //! Order follows cloud-init's stages where they matter: identity, network, DNS, NTP, `bootcmd`,
-//! `write_files`, users, deferred `write_files`, `runcmd`.
+//! `write_files`, users ([`Stage::Early`], cloud-init's init stage: before the network starts),
+//! then waiting for a routable address, deferred `write_files`, `runcmd` ([`Stage::Final`],
+//! cloud-final: after the network is online and the container runtime has started, which is
+//! where Cluster API's kubeadm bootstrap puts `kubeadm join`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -27,6 +30,7 @@ pub mod files;
 pub mod identity;
 pub mod netlink;
 pub mod network;
+pub mod online;
 pub mod sshkey;
 pub mod timedns;
 pub mod users;
@@ -194,6 +198,8 @@ pub enum StepStatus {
     Skipped,
     /// Failed; `error` says why.
     Failed,
+    /// Not run yet: a final-stage step after the early stage ran (the final stage fills it in).
+    Pending,
 }
 
 impl fmt::Display for StepStatus {
@@ -202,6 +208,7 @@ impl fmt::Display for StepStatus {
             StepStatus::Ok => "ok",
             StepStatus::Skipped => "skipped",
             StepStatus::Failed => "failed",
+            StepStatus::Pending => "pending",
         })
     }
 }
@@ -294,16 +301,64 @@ pub const STEP_NAMES: &[&str] = &[
     "bootcmd",
     "write-files",
     "users",
+    "network-online",
     "write-files-deferred",
     "runcmd",
 ];
 
-/// Applies the plan: every step in order, each timed and recorded. A failed step does not stop
-/// the rest (a node with a broken NTP setting should still get its network).
+/// The steps of the final stage (the rest of [`STEP_NAMES`] are the early stage's).
+pub const FINAL_STEPS: &[&str] = &["network-online", "write-files-deferred", "runcmd"];
+
+/// Which steps a run applies, after cloud-init's stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Identity, network files and addresses, DNS, NTP, `bootcmd`, `write_files`, users:
+    /// before the network starts (`capstan-agent-firstboot.service`).
+    Early,
+    /// Wait (bounded) for a routable address, deferred `write_files`, `runcmd`: after
+    /// `network-online.target` and the container runtime (`capstan-agent-final.service`).
+    Final,
+    /// Both, in order (tests, `--root` runs, the daemon's re-run for a new instance-id).
+    All,
+}
+
+impl Stage {
+    /// True when `step` belongs to this stage.
+    pub fn includes(self, step: &str) -> bool {
+        match self {
+            Stage::All => true,
+            Stage::Final => FINAL_STEPS.contains(&step),
+            Stage::Early => !FINAL_STEPS.contains(&step),
+        }
+    }
+    /// `early`, `final` or `all`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Early => "early",
+            Stage::Final => "final",
+            Stage::All => "all",
+        }
+    }
+}
+
+/// Applies the plan: every step in order, each timed and recorded ([`Stage::All`]).
 pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<StepRecord> {
+    run_stage(root, plan, mode, state, Stage::All)
+}
+
+/// Applies the steps of one stage in order, each timed and recorded. A failed step does not
+/// stop the rest (a node with a broken NTP setting should still get its network).
+pub fn run_stage(
+    root: &Root,
+    plan: &Plan,
+    mode: Mode,
+    state: &PerInstance,
+    stage: Stage,
+) -> Vec<StepRecord> {
     let ctx = Ctx { root, plan, mode, state };
     type StepFn = fn(&Ctx<'_>) -> Result<Outcome, StepError>;
-    let steps: [(&str, StepFn); 12] = [
+    let all: [(&str, StepFn); 13] = [
         ("hostname", identity::hostname),
         ("machine-id", identity::machine_id),
         ("ssh-host-keys", identity::ssh_host_keys),
@@ -314,9 +369,11 @@ pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<Ste
         ("bootcmd", commands::bootcmd),
         ("write-files", |c| files::write_files(c, false)),
         ("users", users::step),
+        ("network-online", online::step),
         ("write-files-deferred", |c| files::write_files(c, true)),
         ("runcmd", commands::runcmd),
     ];
+    let steps: Vec<(&str, StepFn)> = all.into_iter().filter(|(n, _)| stage.includes(n)).collect();
     let mut out = Vec::with_capacity(steps.len() + 1);
     // The whole run's file changes are staged and applied together after the last step, so
     // that the files a run replaces cost one sync before their renames, not one per step.
