@@ -133,6 +133,7 @@ fn early_leaves_runcmd_pending_and_final_runs_it_once() {
     let human = Command::new(BIN).args(["status", "--root"]).arg(dir.join("root")).output();
     let human = String::from_utf8(human.unwrap().stdout).unwrap();
     assert!(human.lines().any(|l| l.contains("pending") && l.contains("runcmd")), "{human}");
+    assert!(human.lines().any(|l| l.starts_with("stages") && l.contains("early ok")), "{human}");
 
     // Final: from the kept plan (the user-data is gone from guestinfo by now).
     ok(&firstboot(dir, &["--stage", "final"]));

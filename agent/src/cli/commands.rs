@@ -405,6 +405,14 @@ pub fn human_status(s: &Status) -> String {
     o.push_str(&format!("result       {} in {} ms\n", s.result, s.duration_ms));
     o.push_str(&format!("role         {}\n", s.role));
     o.push_str(&format!("network      {}\n", s.network_source));
+    if !s.stages.is_empty() {
+        let runs: Vec<String> = s
+            .stages
+            .iter()
+            .map(|r| format!("{} {} in {} ms", r.stage, r.result, r.duration_ms))
+            .collect();
+        o.push_str(&format!("stages       {}\n", runs.join(", ")));
+    }
     o.push_str("sources\n");
     for src in &s.sources {
         o.push_str(&format!("  {:<11} {} ({} values)\n", src.name, src.location, src.values));
