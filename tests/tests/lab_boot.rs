@@ -73,7 +73,7 @@ fn lab_boot_applies_capv_guestinfo() {
         &user,
         format!(
             "#cloud-config\nusers:\n  - name: capv\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    ssh_authorized_keys:\n      - \"{SSH_KEY}\"\n\
-             runcmd:\n  - '{RUNCMD_PROBE}'\n"
+             bootcmd:\n  - '{BOOTCMD_PROBE}'\nruncmd:\n  - '{RUNCMD_PROBE}'\n"
         ),
     )
     .unwrap();
@@ -99,10 +99,14 @@ fn lab_boot_applies_capv_guestinfo() {
     assert!(online["detail"].as_str().unwrap().contains("10.0.2.15"), "{online:#}");
     let run = step(st, "runcmd");
     assert_eq!(run["status"], "ok", "runcmd ran before the network was up: {run:#}");
+    assert_eq!(step(st, "bootcmd")["status"], "ok");
     assert!(run["detail"].as_str().unwrap().contains("ran 1 command"), "{run:#}");
     assert_eq!(st["result"], "ok", "{st:#}");
 }
 
-/// A runcmd entry that succeeds only with systemd-networkd active and an IPv4 default route
-/// (not so before the network: the early stage runs before networkd starts).
-const RUNCMD_PROBE: &str = "systemctl is-active systemd-networkd && ip -4 route show default | grep -q via && echo probe-ok";
+/// The control: `bootcmd` runs in the early stage, before networkd; it records what it saw.
+const BOOTCMD_PROBE: &str = "systemctl is-active systemd-networkd > /run/capstan-probe.early; true";
+
+/// A runcmd entry that succeeds only when the early stage saw networkd not yet active, and
+/// now systemd-networkd is active and an IPv4 default route exists.
+const RUNCMD_PROBE: &str = "grep -qx inactive /run/capstan-probe.early && systemctl is-active systemd-networkd && ip -4 route show default | grep -q via && echo probe-ok";
