@@ -64,12 +64,13 @@ pub fn routable_address() -> Option<(String, IpAddr)> {
     None
 }
 
-/// True when the kernel has an IPv4 or IPv6 default route (`/proc/net/route`,
-/// `/proc/net/ipv6_route`); reported in the detail, not waited for.
+/// True when the kernel has an IPv4 or IPv6 default route (`route`, `ipv6_route` in
+/// `/proc/thread-self/net`: this thread's network namespace); reported in the detail, not
+/// waited for.
 fn has_default_route() -> bool {
-    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
     let v4 = v4.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000"));
-    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
     let v6 = v6.lines().any(|l| {
         let mut f = l.split_whitespace();
         f.next() == Some("00000000000000000000000000000000")
@@ -92,22 +93,26 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     if !ctx.live() {
         return Ok(Outcome::Skipped("not waited for under --root".into()));
     }
-    let bound = timeout();
+    wait_online(timeout()).map(Outcome::Ok).map_err(StepError::msg)
+}
+
+/// Waits at most `bound` for [`routable_address`]; the detail, or why it gave up.
+pub fn wait_online(bound: Duration) -> Result<String, String> {
     let t = Instant::now();
     loop {
         if let Some((link, ip)) = routable_address() {
-            return Ok(Outcome::Ok(format!(
+            return Ok(format!(
                 "routable after {:.1} s: {link} {ip}; default route: {}",
                 t.elapsed().as_secs_f64(),
                 if has_default_route() { "yes" } else { "no" }
-            )));
+            ));
         }
         if t.elapsed() >= bound {
-            return Err(StepError::msg(format!(
+            return Err(format!(
                 "no up link got a routable (global) address within {} s ({TIMEOUT_ENV} sets \
                  the bound); the final steps run anyway",
-                bound.as_secs()
-            )));
+                bound.as_secs_f64()
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -128,20 +133,44 @@ mod tests {
     }
 
     #[test]
-    fn loopback_alone_is_not_online() {
-        // In a fresh network namespace only `lo` exists (and is down): nothing is routable.
-        // Without unshare rights (not root) the check is on the host, where it must not panic.
-        let found = std::thread::spawn(|| {
-            if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok() {
-                Some(routable_address())
-            } else {
-                None
+    fn waits_for_a_routable_address_in_a_network_namespace() {
+        // A fresh network namespace (this thread only; `ip` children inherit it): only `lo`.
+        let r = std::thread::spawn(|| -> Option<(Result<String, String>, Duration, String)> {
+            if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                return None; // not root: covered by the lab boot test
             }
+            let ip = |args: &str| {
+                let o = std::process::Command::new("ip")
+                    .args(args.split(' '))
+                    .output()
+                    .expect("`ip` (iproute2) is required for this test");
+                assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
+            };
+            ip("link set lo up");
+            let t = Instant::now();
+            let none = wait_online(Duration::from_millis(300));
+            let waited = t.elapsed();
+            assert!(none.is_err(), "{none:?}");
+            ip("link add cap0 type veth peer name cap1");
+            ip("addr add 192.0.2.5/24 dev cap0");
+            ip("link set cap1 up");
+            ip("link set cap0 up");
+            let found = wait_online(Duration::from_secs(5)).unwrap();
+            ip("route add default via 192.0.2.1");
+            let routed = wait_online(Duration::from_secs(5)).unwrap();
+            assert!(routed.contains("default route: yes"), "{routed}");
+            Some((none, waited, found))
         })
         .join()
         .unwrap();
-        if let Some(found) = found {
-            assert_eq!(found, None);
+        if let Some((none, waited, found)) = r {
+            let e = none.unwrap_err();
+            assert!(e.contains("within 0.3 s") && e.contains(TIMEOUT_ENV), "{e}");
+            assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3));
+            assert!(
+                found.contains("cap0 192.0.2.5") && found.contains("default route: no"),
+                "{found}"
+            );
         }
     }
 }
