@@ -365,6 +365,10 @@ fn sysctls(text: &str) -> BTreeMap<String, String> {
 /// builder's copy (content, mode, owner, report), not about Kubernetes (real binaries take
 /// ~8 minutes to build: see docs/node.md for a build with them).
 fn stand_ins(dir: &Path) -> BTreeMap<&'static str, Vec<u8>> {
+    // Fresh every run: a previous run's kubectl symlink would otherwise be written through.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
     std::fs::create_dir_all(dir).unwrap();
     let mut files = BTreeMap::new();
     for name in ["kubeadm", "kubelet", "kubectl"] {
