@@ -49,6 +49,10 @@ pub struct Customized {
     pub warnings: Vec<String>,
 }
 
+/// Part of the customize stage's cache key: bump it whenever what customize or seal do to a
+/// tree changes, so caches made by an older builder are not reused.
+pub const RECIPE: &str = "2026-11-26 ConditionNeedsUpdate seeded";
+
 /// The Kubernetes binaries `--kube-bin DIR` must hold; installed to /usr/bin, mode 0755.
 pub const KUBE_BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
@@ -291,16 +295,15 @@ fn kernel_version(root: &Path) -> anyhow::Result<String> {
 }
 
 /// Module name as modprobe sees it: file stem with `-` folded to `_`.
-fn module_name(path: &str) -> String {
+pub(super) fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     let stem = file.split(".ko").next().unwrap_or(file);
     stem.replace('-', "_")
 }
 
-/// The closure of `keep` over `modules.dep` (lines `path: dep dep ...`).
-/// Returns the relative paths to keep; unknown names are an error so a typo is caught.
-pub fn module_closure(modules_dep: &str, keep: &[String]) -> anyhow::Result<BTreeSet<String>> {
-    let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
+/// `modules.dep` (lines `path: dep dep ...`) by module name: (path, dependency paths).
+pub(super) fn parse_modules_dep(modules_dep: &str) -> HashMap<String, (String, Vec<String>)> {
+    let mut deps = HashMap::new();
     for line in modules_dep.lines() {
         let Some((path, rest)) = line.split_once(':') else {
             continue;
@@ -308,6 +311,13 @@ pub fn module_closure(modules_dep: &str, keep: &[String]) -> anyhow::Result<BTre
         let d = rest.split_whitespace().map(str::to_string).collect();
         deps.insert(module_name(path), (path.to_string(), d));
     }
+    deps
+}
+
+/// The closure of `keep` over `modules.dep` (lines `path: dep dep ...`).
+/// Returns the relative paths to keep; unknown names are an error so a typo is caught.
+pub fn module_closure(modules_dep: &str, keep: &[String]) -> anyhow::Result<BTreeSet<String>> {
+    let deps = parse_modules_dep(modules_dep);
     let mut out = BTreeSet::new();
     let mut stack: Vec<String> = Vec::new();
     let mut unknown = Vec::new();

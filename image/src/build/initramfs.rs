@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
+use super::customize::{module_name, parse_modules_dep};
+
 /// Where the static busybox is in the root (`busybox-static`, usrmerged).
 pub const BUSYBOX: &str = "usr/bin/busybox";
 
@@ -148,13 +150,6 @@ pub fn init_script(order: &[String]) -> String {
     )
 }
 
-/// Module name as modprobe sees it: file stem with `-` folded to `_`.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
-}
-
 /// The modules to load for `wanted`, dependencies first (each once), as `modules.dep` paths.
 /// Built-in modules (`builtin`) are skipped; a name that is neither is an error.
 pub fn load_order(
@@ -162,14 +157,7 @@ pub fn load_order(
     builtin: &BTreeSet<String>,
     wanted: &[String],
 ) -> anyhow::Result<Vec<String>> {
-    let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
-    for line in modules_dep.lines() {
-        let Some((path, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let d = rest.split_whitespace().map(str::to_string).collect();
-        deps.insert(module_name(path), (path.to_string(), d));
-    }
+    let deps = parse_modules_dep(modules_dep);
     fn visit(
         name: &str,
         deps: &HashMap<String, (String, Vec<String>)>,

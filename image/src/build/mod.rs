@@ -228,7 +228,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         epoch,
     };
     let mut ck = Key::new("customize");
-    ck.str("rootfs", &rootfs_key)
+    ck.str("recipe", customize::RECIPE)
+        .str("rootfs", &rootfs_key)
         .json("kernel", &prof.kernel)
         .json("systemd", &prof.systemd)
         .json("seal", &prof.seal)

@@ -107,6 +107,17 @@ pub fn run(root: &Path, root_locked: bool, epoch: u64) -> anyhow::Result<()> {
     if root_locked {
         lock_root(&root.join("etc/shadow"))?;
     }
+    // The template is up to date with its /usr: without these, systemd's
+    // ConditionNeedsUpdate= runs ldconfig.service, systemd-journal-catalog-update.service and
+    // systemd-update-done.service on every clone's first boot, all before sysinit.target.
+    // The clamp below gives them /usr's mtime, which systemd counts as up to date. The loader
+    // cache is made fresh here instead (prune steps remove libraries after dpkg ran ldconfig).
+    exec::run(Command::new("ldconfig").arg("-X").arg("-r").arg(root))
+        .context("ldconfig -r (the image's loader cache)")?;
+    for updated in ["etc/.updated", "var/.updated"] {
+        fs::write(root.join(updated), "# Written by capstan build: this template is up to date.\n")
+            .with_context(|| format!("writing /{updated}"))?;
+    }
     // Clamp every timestamp (symlinks too) so the filesystem is reproducible.
     exec::run(
         Command::new("find")
