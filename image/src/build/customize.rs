@@ -51,7 +51,7 @@ pub struct Customized {
 
 /// Part of the customize stage's cache key: bump it whenever what customize or seal do to a
 /// tree changes, so caches made by an older builder are not reused.
-pub const RECIPE: &str = "2026-11-26 ConditionNeedsUpdate seeded";
+pub const RECIPE: &str = "2026-11-26.2 ConditionNeedsUpdate seeded";
 
 /// The Kubernetes binaries `--kube-bin DIR` must hold; installed to /usr/bin, mode 0755.
 pub const KUBE_BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];

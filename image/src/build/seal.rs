@@ -111,9 +111,9 @@ pub fn run(root: &Path, root_locked: bool, epoch: u64) -> anyhow::Result<()> {
     // ConditionNeedsUpdate= runs ldconfig.service, systemd-journal-catalog-update.service and
     // systemd-update-done.service on every clone's first boot, all before sysinit.target.
     // The clamp below gives them /usr's mtime, which systemd counts as up to date. The loader
-    // cache is made fresh here instead (prune steps remove libraries after dpkg ran ldconfig).
-    exec::run(Command::new("ldconfig").arg("-X").arg("-r").arg(root))
-        .context("ldconfig -r (the image's loader cache)")?;
+    // cache is dpkg's (its trigger ran ldconfig after every purge; path prunes remove only
+    // libraries nothing links). Not `ldconfig -r` here: its aux-cache records inodes and
+    // ctimes, which broke bit-identical rebuilds.
     for updated in ["etc/.updated", "var/.updated"] {
         fs::write(root.join(updated), "# Written by capstan build: this template is up to date.\n")
             .with_context(|| format!("writing /{updated}"))?;
