@@ -482,6 +482,26 @@ impl Root {
         self.put(guest.as_ref(), contents, opts, false)
     }
 
+    /// [`Root::write`] outside any staging, made durable before returning: an fsync of the file
+    /// and of its directory. For a running service's single writes (the lb role's state on an
+    /// API change or a failover, a guestinfo value), where [`Root::sync`] — a `syncfs` of whole
+    /// filesystems, right for first boot's batch — would also flush every other process's dirty
+    /// data.
+    pub fn write_durable(
+        &self,
+        guest: impl AsRef<Path>,
+        contents: &[u8],
+        opts: FileOpts,
+    ) -> Result<PathBuf, RootError> {
+        let guest = guest.as_ref();
+        let host = self.unstaged(|| self.write(guest, contents, opts))?;
+        let dir = host.parent().unwrap_or(&self.base);
+        for p in [host.as_path(), dir] {
+            File::open(p).and_then(|f| f.sync_all()).map_err(io_err("fsync", guest))?;
+        }
+        Ok(host)
+    }
+
     /// Appends to a file (creating it with `opts` if missing). Done as read + atomic rewrite so
     /// that a crash leaves either the old or the new content; an existing file keeps its mode and
     /// owner unless `opts.owner` is set.
@@ -940,6 +960,22 @@ mod tests {
         assert!(!b.join("etc/gone").exists() && !b.join("etc/tmpfile").exists());
         assert_eq!(r.list("/etc").unwrap(), vec!["new", "passwd"]);
         r.sync().unwrap();
+    }
+
+    #[test]
+    fn a_durable_write_lands_at_once_even_under_a_staging() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let staging = r.stage();
+        r.write("/etc/staged", b"later", FileOpts::default()).unwrap();
+        let host = r.write_durable("/var/lib/x/state.json", b"{}", FileOpts::mode(0o600)).unwrap();
+        assert_eq!(fs::read(&host).unwrap(), b"{}");
+        assert_eq!(fs::metadata(&host).unwrap().mode() & 0o7777, 0o600);
+        assert!(!t.path().join("etc/staged").exists(), "the staged write stays staged");
+        drop(staging);
+        assert!(!t.path().join("etc/staged").exists());
+        assert!(r.write_durable("/../escape", b"x", FileOpts::default()).is_err());
+        assert!(!t.path().parent().unwrap().join("escape").exists());
     }
 
     #[test]

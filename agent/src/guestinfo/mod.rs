@@ -169,8 +169,9 @@ impl Guestinfo for DirGuestinfo {
         let name = path.file_name().map(PathBuf::from).unwrap_or_default();
         let write = |source| GuestinfoError::Write { key: key.to_owned(), source };
         let root = crate::root::Root::new(&self.dir).map_err(write)?;
-        root.write(&name, value.as_bytes(), crate::root::FileOpts::mode(0o600)).map_err(write)?;
-        root.sync().map_err(write)
+        root.write_durable(&name, value.as_bytes(), crate::root::FileOpts::mode(0o600))
+            .map_err(write)?;
+        Ok(())
     }
 
     fn keys(&self) -> Option<BTreeSet<String>> {

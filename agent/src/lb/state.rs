@@ -263,30 +263,15 @@ impl DesiredSet {
     }
 }
 
-/// Writes a whole file under `root` with `mode` and makes it durable before returning.
-///
-/// [`Root::write`] does the atomic part (unique temp file next to the target, mode, fsync
-/// before the rename when it replaces a file, rename, path confinement). The durability of the
-/// new name is paid here, per file: an fsync of the file and of its directory, as the role's
-/// writes come one at a time while it serves (an API change, the keepalived track file on the
-/// failover path). [`Root::sync`] is not used: it `syncfs`es whole filesystems (the root's
-/// and the file's), which suits first boot's batch but would flush every other process's
-/// dirty data on `/` with each backend change or HAProxy failure.
+/// Writes a whole file under `root` with `mode`, durable on return ([`Root::write_durable`]:
+/// per file, as the role's writes come one at a time while it serves).
 pub fn write_durable(
     root: &Root,
     path: &Path,
     contents: &[u8],
     mode: u32,
 ) -> Result<(), StateError> {
-    let host = root.write(path, contents, FileOpts::mode(mode))?;
-    let dir = host.parent().unwrap_or(root.base());
-    for p in [host.as_path(), dir] {
-        std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(|source| RootError::Io {
-            op: "fsync",
-            path: root.guest_of(p),
-            source,
-        })?;
-    }
+    root.write_durable(path, contents, FileOpts::mode(mode))?;
     Ok(())
 }
 
