@@ -80,13 +80,27 @@ fn has_default_route() -> bool {
     v4 || v6
 }
 
-/// The wait bound: `CAPSTAN_ONLINE_TIMEOUT` (seconds) when set and valid, else the default.
+/// The wait bound: `CAPSTAN_ONLINE_TIMEOUT` (seconds) when set, else the default. A value that
+/// is not whole seconds is logged (naming the variable) and the default is used: a typo in a
+/// unit drop-in must not stop the final stage.
 pub fn timeout() -> Duration {
-    std::env::var(TIMEOUT_ENV)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_TIMEOUT)
+    let value = std::env::var(TIMEOUT_ENV).ok();
+    parse_timeout(value.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!("{e}; waiting the default {} s", DEFAULT_TIMEOUT.as_secs());
+        DEFAULT_TIMEOUT
+    })
+}
+
+/// [`timeout`]'s parsing: `None` (unset) is the default.
+pub fn parse_timeout(value: Option<&str>) -> Result<Duration, String> {
+    match value {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{TIMEOUT_ENV}={v:?} is not a whole number of seconds")),
+    }
 }
 
 pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
@@ -121,6 +135,16 @@ pub fn wait_online(bound: Duration) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_values_are_whole_seconds_and_bad_ones_are_named() {
+        assert_eq!(parse_timeout(None), Ok(DEFAULT_TIMEOUT));
+        assert_eq!(parse_timeout(Some(" 5 ")), Ok(Duration::from_secs(5)));
+        for bad in ["", "1.5", "-1", "10s", "99999999999999999999999"] {
+            let e = parse_timeout(Some(bad)).unwrap_err();
+            assert!(e.contains(TIMEOUT_ENV) && e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 
     #[test]
     fn routable_means_global_scope() {
