@@ -4,6 +4,8 @@
 //! into the instance's status; running either stage again changes nothing; a new instance-id
 //! runs both again; a final stage with no early record for the instance runs every step.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -89,21 +91,9 @@ fn runs(dir: &Path) -> usize {
 
 /// Every file under the root except the agent's own status record, with mode and content.
 fn snapshot(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if md.is_dir() {
-                stack.push(p);
-            } else if !rel.ends_with("status.json") {
-                out.insert(rel, (md.permissions().mode(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    out
+    let mut files = common::snapshot(root);
+    files.retain(|rel, _| !rel.ends_with("status.json"));
+    files
 }
 
 #[test]
