@@ -12,7 +12,10 @@
 //! such process exists, which is why plain path resolution is enough here. Once a component is
 //! missing, the ones below it cannot exist, so they are taken literally without asking the
 //! kernel (first boot creates most of what it writes; probing each missing path was most of its
-//! system calls).
+//! system calls). Under an open staging, the directories a resolution walked through are
+//! remembered until the staging flushes or closes, so twenty files in `/etc/kubernetes/pki`
+//! cost one `statx` each, not four; the staging's owner promises no other process changes the
+//! tree meanwhile (first boot flushes before it starts any process).
 //!
 //! # Writes: atomic, staged, and durable in batches
 //!
@@ -50,7 +53,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::ThreadId;
 
 /// How many symlinks one resolution may follow (Linux's `MAXSYMLINKS`).
@@ -121,6 +124,8 @@ impl Default for FileOpts {
 #[derive(Debug, Clone)]
 pub struct Root {
     base: PathBuf,
+    /// The device number of the filesystem `base` is on.
+    base_dev: u64,
     /// Filesystems written to since the last [`Root::sync`]: device number -> a directory on it.
     dirty: Arc<Mutex<BTreeMap<u64, PathBuf>>>,
     /// Open stagings, one per thread (see [`Root::stage`]): a clone of this handle used by
@@ -135,6 +140,11 @@ struct Stage {
     /// One entry per open [`Staging`] guard: how many changes were staged when it opened.
     levels: Vec<usize>,
     ops: Vec<Staged>,
+    /// Real directories (not symlinks) resolution has seen or created while this staging is
+    /// open: host path -> device number. Only this process changes the tree until the staging
+    /// is flushed or closed (see [`Root::stage`]), so a directory seen once is not asked about
+    /// again: resolving `/etc/kubernetes/pki/x` costs one `statx`, not four.
+    dirs: HashMap<PathBuf, u64>,
 }
 
 #[derive(Debug)]
@@ -145,6 +155,8 @@ struct Staged {
     temp: Option<PathBuf>,
     /// The target existed when this was staged.
     replacing: bool,
+    /// The device number of the target's directory.
+    dev: u64,
 }
 
 impl Stage {
@@ -191,6 +203,39 @@ impl Found {
     }
 }
 
+/// A guest path resolved to a host path.
+#[derive(Debug)]
+struct Resolved {
+    /// The host path under the root.
+    host: PathBuf,
+    /// What is at the end of it.
+    found: Found,
+    /// The device of the filesystem its directory is on (or will be, once created).
+    dir_dev: u64,
+}
+
+/// The process's umask, read once from `/proc/self/status` (reading it with `umask(2)` would
+/// change it for a moment under other threads). Unknown: every permission bit may be cut.
+fn umask() -> u32 {
+    static UMASK: OnceLock<u32> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+            })
+            .unwrap_or(0o777)
+    })
+}
+
+/// True when a file or directory created with `mode` does not end up with exactly `mode`: the
+/// umask cuts some of its bits, or it has setuid/setgid/sticky bits (which creation and a
+/// later chown drop).
+fn needs_chmod(mode: u32) -> bool {
+    mode & 0o7000 != 0 || mode & umask() != 0
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootError + 'a {
     move |source| RootError::Io { op, path: path.display().to_string(), source }
 }
@@ -204,13 +249,14 @@ impl Root {
     pub fn new(dir: impl AsRef<Path>) -> Result<Self, RootError> {
         let dir = dir.as_ref();
         let base = fs::canonicalize(dir).map_err(io_err("open root", dir))?;
-        if !base.is_dir() {
+        let m = fs::metadata(&base).map_err(io_err("open root", dir))?;
+        if !m.is_dir() {
             return Err(RootError::BadPath {
                 path: dir.display().to_string(),
                 why: "root is not a directory",
             });
         }
-        Ok(Root { base, dirty: Arc::default(), stage: Arc::default() })
+        Ok(Root { base, base_dev: m.dev(), dirty: Arc::default(), stage: Arc::default() })
     }
 
     /// The host directory this root stands for.
@@ -227,11 +273,12 @@ impl Root {
     /// following symlinks inside the root. The last component need not exist; missing
     /// intermediate directories are fine too (they are taken literally).
     pub fn resolve(&self, guest: impl AsRef<Path>) -> Result<PathBuf, RootError> {
-        self.resolve_found(guest.as_ref()).map(|(p, _)| p)
+        self.resolve_found(guest.as_ref()).map(|r| r.host)
     }
 
-    /// [`Root::resolve`], also saying what is at the end of the path.
-    fn resolve_found(&self, guest: &Path) -> Result<(PathBuf, Found), RootError> {
+    /// [`Root::resolve`], also saying what is at the end of the path and which filesystem its
+    /// directory is on.
+    fn resolve_found(&self, guest: &Path) -> Result<Resolved, RootError> {
         let shown = || guest.display().to_string();
         if guest.as_os_str().is_empty() {
             return Err(RootError::BadPath { path: shown(), why: "empty path" });
@@ -240,12 +287,16 @@ impl Root {
         let mut todo: Vec<OsString> = Vec::new();
         push_components(&mut todo, guest, guest)?;
         let mut stack: Vec<OsString> = Vec::new(); // resolved components below the root
+                                                   // the device of each component on `stack` (a missing one: its parent's, as it would
+                                                   // be created there)
+        let mut devs: Vec<u64> = Vec::new();
         let mut links = 0usize;
         let mut found = Found::Dir; // the root itself
                                     // Depth of the first component that does not exist: nothing below it can exist.
         let mut missing_at: Option<usize> = None;
         while let Some(c) = todo.pop() {
             if c == ".." {
+                devs.pop();
                 if stack.pop().is_none() {
                     return Err(RootError::Escape {
                         path: shown(),
@@ -258,14 +309,22 @@ impl Root {
                 found = if missing_at.is_some() { Found::ParentMissing } else { Found::Dir };
                 continue;
             }
+            let parent_dev = devs.last().copied().unwrap_or(self.base_dev);
             if let Some(m) = missing_at {
                 stack.push(c);
+                devs.push(parent_dev);
                 found = if stack.len() == m + 1 { Found::Missing } else { Found::ParentMissing };
                 continue;
             }
             let mut candidate = self.base.clone();
             candidate.extend(&stack);
             candidate.push(&c);
+            if let Some(dev) = self.known_dir(&candidate) {
+                found = Found::Dir;
+                stack.push(c);
+                devs.push(dev);
+                continue;
+            }
             match fs::symlink_metadata(&candidate) {
                 Ok(m) if m.file_type().is_symlink() => {
                     links += 1;
@@ -275,37 +334,58 @@ impl Root {
                     let target = fs::read_link(&candidate).map_err(io_err("readlink", guest))?;
                     if target.is_absolute() {
                         stack.clear();
+                        devs.clear();
                     }
                     push_components(&mut todo, &target, guest)?;
                     found = Found::Dir; // a target of `/` or `.` ends at a directory
                 }
                 Ok(m) => {
                     found = if m.is_dir() { Found::Dir } else { Found::File };
+                    if m.is_dir() {
+                        self.remember_dir(&candidate, m.dev());
+                    }
                     stack.push(c);
+                    devs.push(m.dev());
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     missing_at = Some(stack.len());
                     found = Found::Missing;
                     stack.push(c);
+                    devs.push(parent_dev);
                 }
                 // ENOTDIR (a file in the middle of the path) and anything else
                 Err(e) => return Err(RootError::Io { op: "resolve", path: shown(), source: e }),
             }
         }
-        let mut out = self.base.clone();
-        out.extend(&stack);
-        Ok((out, found))
+        let mut host = self.base.clone();
+        host.extend(&stack);
+        let dir_dev = devs.len().checked_sub(2).map_or(self.base_dev, |i| devs[i]);
+        Ok(Resolved { host, found, dir_dev })
     }
 
-    fn resolve_file(&self, guest: &Path) -> Result<(PathBuf, Found), RootError> {
-        let (p, found) = self.resolve_found(guest)?;
-        if p == self.base {
+    fn resolve_file(&self, guest: &Path) -> Result<Resolved, RootError> {
+        let r = self.resolve_found(guest)?;
+        if r.host == self.base {
             return Err(RootError::BadPath {
                 path: guest.display().to_string(),
                 why: "names the root directory, not a file",
             });
         }
-        Ok((p, found))
+        Ok(r)
+    }
+
+    /// The device of a directory this thread's open staging has already seen, if any.
+    fn known_dir(&self, host: &Path) -> Option<u64> {
+        self.with_stage(|st| st.and_then(|s| s.dirs.get(host).copied()))
+    }
+
+    /// Remembers a real directory for the rest of this thread's open staging (if any).
+    fn remember_dir(&self, host: &Path, dev: u64) {
+        self.with_stage(|st| {
+            if let Some(s) = st {
+                s.dirs.insert(host.to_path_buf(), dev);
+            }
+        });
     }
 
     /// Makes every write so far durable: one `syncfs(2)` for each filesystem written to since
@@ -313,8 +393,7 @@ impl Root {
     /// the root are covered too). Call it before recording that the writes happened.
     pub fn sync(&self) -> Result<(), RootError> {
         let mut dirty = std::mem::take(&mut *lock(&self.dirty));
-        let base_dev = fs::metadata(&self.base).map_err(io_err("stat", &self.base))?.dev();
-        dirty.insert(base_dev, self.base.clone());
+        dirty.insert(self.base_dev, self.base.clone());
         for dir in dirty.values() {
             let syncfs = File::open(dir)
                 .and_then(|d| nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from));
@@ -337,6 +416,11 @@ impl Root {
     /// level around it (only the outermost commit applies anything), dropping it discards its
     /// own changes and keeps the outer level's (the first-boot runner stages the whole run and
     /// each step inside it).
+    ///
+    /// While a staging is open, this thread's resolutions remember the directories they walk
+    /// through (see `Stage::dirs`): the staging's owner promises that no other process changes
+    /// those directories until it flushes ([`Root::flush_staged`], which forgets them) or
+    /// closes the staging, as first boot can — it flushes before it starts any process.
     pub fn stage(&self) -> Staging<'_> {
         let mut all = lock(&self.stage);
         let st = all.entry(std::thread::current().id()).or_default();
@@ -375,12 +459,12 @@ impl Root {
     /// Reads a file; `Ok(None)` when it does not exist.
     pub fn read(&self, guest: impl AsRef<Path>) -> Result<Option<Vec<u8>>, RootError> {
         let guest = guest.as_ref();
-        let (p, found) = self.resolve_file(guest)?;
-        let from = match self.staged(&p) {
+        let r = self.resolve_file(guest)?;
+        let from = match self.staged(&r.host) {
             Some(Some(temp)) => temp,
             Some(None) => return Ok(None),
-            None if !found.exists() => return Ok(None),
-            None => p,
+            None if !r.found.exists() => return Ok(None),
+            None => r.host,
         };
         match fs::read(&from) {
             Ok(b) => Ok(Some(b)),
@@ -398,10 +482,10 @@ impl Root {
 
     /// True when the path exists (following symlinks inside the root).
     pub fn exists(&self, guest: impl AsRef<Path>) -> Result<bool, RootError> {
-        let (p, found) = self.resolve_found(guest.as_ref())?;
-        Ok(match self.staged(&p) {
+        let r = self.resolve_found(guest.as_ref())?;
+        Ok(match self.staged(&r.host) {
             Some(staged) => staged.is_some(),
-            None => found.exists(),
+            None => r.found.exists(),
         })
     }
 
@@ -410,8 +494,8 @@ impl Root {
     /// created at once, staging or not (an empty directory is harmless).
     pub fn mkdir_all(&self, guest: impl AsRef<Path>, opts: FileOpts) -> Result<(), RootError> {
         let guest = guest.as_ref();
-        let (p, found) = self.resolve_found(guest)?;
-        match found {
+        let r = self.resolve_found(guest)?;
+        match r.found {
             Found::Dir => Ok(()),
             Found::File => Err(RootError::Io {
                 op: "mkdir",
@@ -421,17 +505,30 @@ impl Root {
                     "exists and is not a directory",
                 ),
             }),
-            Found::Missing | Found::ParentMissing => self.mkdir_host(guest, &p, opts),
+            Found::Missing | Found::ParentMissing => {
+                self.mkdir_host(guest, &r.host, opts).map(|_| ())
+            }
         }
     }
 
-    fn mkdir_host(&self, guest: &Path, p: &Path, opts: FileOpts) -> Result<(), RootError> {
+    /// Creates the missing directories of a resolved host path `p` (whose existing components
+    /// are real directories) and returns the device of `p`.
+    fn mkdir_host(&self, guest: &Path, p: &Path, opts: FileOpts) -> Result<u64, RootError> {
         let rel = p.strip_prefix(&self.base).unwrap_or(Path::new("")).to_path_buf();
         let mut cur = self.base.clone();
+        let mut dev = self.base_dev;
         for c in rel.components() {
             cur.push(c);
+            if let Some(d) = self.known_dir(&cur) {
+                dev = d;
+                continue;
+            }
             match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => continue,
+                Ok(m) if m.is_dir() => {
+                    dev = m.dev();
+                    self.remember_dir(&cur, dev);
+                    continue;
+                }
                 Ok(_) => {
                     return Err(RootError::Io {
                         op: "mkdir",
@@ -447,16 +544,19 @@ impl Root {
                         .mode(opts.mode)
                         .create(&cur)
                         .map_err(io_err("mkdir", guest))?;
-                    // the umask may have cut bits from the mode
-                    fs::set_permissions(&cur, fs::Permissions::from_mode(opts.mode))
-                        .map_err(io_err("chmod", guest))?;
                     if let Some((u, g)) = opts.owner {
                         std::os::unix::fs::chown(&cur, Some(u), Some(g))
                             .map_err(io_err("chown", guest))?;
                     }
-                    // the new entry in the parent becomes durable with the next sync
-                    let dev = fs::symlink_metadata(&cur).map_err(io_err("stat", guest))?.dev();
+                    // after chown (it clears setgid); the umask may have cut bits too
+                    if needs_chmod(opts.mode) {
+                        fs::set_permissions(&cur, fs::Permissions::from_mode(opts.mode))
+                            .map_err(io_err("chmod", guest))?;
+                    }
+                    // a new directory is on its parent's filesystem; its entry in the parent
+                    // becomes durable with the next sync
                     self.mark_dirty(dev, &cur);
+                    self.remember_dir(&cur, dev);
                 }
                 Err(e) => {
                     return Err(RootError::Io {
@@ -467,7 +567,7 @@ impl Root {
                 }
             }
         }
-        Ok(())
+        Ok(dev)
     }
 
     /// Writes a whole file atomically with the given mode and owner, creating missing parent
@@ -524,7 +624,7 @@ impl Root {
         opts: FileOpts,
         append: bool,
     ) -> Result<PathBuf, RootError> {
-        let (target, found) = self.resolve_file(guest)?;
+        let Resolved { host: target, found, dir_dev } = self.resolve_file(guest)?;
         let mut opts = opts;
         let mut appended: Vec<u8>;
         // appending: the current content is a staged version, the file, or nothing
@@ -553,16 +653,19 @@ impl Root {
             });
         }
         let dir = target.parent().unwrap_or(&self.base).to_path_buf();
-        if found == Found::ParentMissing {
-            self.mkdir_host(guest, &dir, FileOpts::mode(0o755))?;
-        }
+        let dev = match found {
+            Found::ParentMissing => self.mkdir_host(guest, &dir, FileOpts::mode(0o755))?,
+            _ => dir_dev,
+        };
         let (tmp, f) = self.write_temp(guest, &dir, &target, contents, opts)?;
+        self.mark_dirty(dev, &dir);
         let tmp = match self.with_stage(|st| match st {
             Some(st) => {
                 st.put(Staged {
                     target: target.clone(),
                     temp: Some(tmp),
                     replacing: found == Found::File,
+                    dev,
                 });
                 None
             }
@@ -584,8 +687,7 @@ impl Root {
         result.map(|()| target)
     }
 
-    /// Creates a uniquely named temp file in `dir` with `contents`, owner and mode set; the
-    /// filesystem it is on is marked dirty.
+    /// Creates a uniquely named temp file in `dir` with `contents`, owner and mode set.
     fn write_temp(
         &self,
         guest: &Path,
@@ -595,16 +697,20 @@ impl Root {
         opts: FileOpts,
     ) -> Result<(PathBuf, File), RootError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
+        static PID: OnceLock<u32> = OnceLock::new();
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(
             ".{name}.capstan-{}-{}",
-            std::process::id(),
+            PID.get_or_init(std::process::id),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
+        // Created with its final mode when creation gives exactly that (no chmod needed);
+        // otherwise 0600 until the chmod below, so no one reads it meanwhile.
+        let chmod = needs_chmod(opts.mode);
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(if chmod { 0o600 } else { opts.mode })
             .open(&tmp)
             .map_err(io_err("create", guest))?;
         let result = (|| {
@@ -613,15 +719,14 @@ impl Root {
                 std::os::unix::fs::fchown(&f, Some(u), Some(g)).map_err(io_err("chown", guest))?;
             }
             // after chown: chown clears setuid/setgid bits
-            f.set_permissions(fs::Permissions::from_mode(opts.mode))
-                .map_err(io_err("chmod", guest))?;
-            f.metadata().map_err(io_err("stat", guest))
+            if chmod {
+                f.set_permissions(fs::Permissions::from_mode(opts.mode))
+                    .map_err(io_err("chmod", guest))?;
+            }
+            Ok(())
         })();
         match result {
-            Ok(m) => {
-                self.mark_dirty(m.dev(), dir);
-                Ok((tmp, f))
-            }
+            Ok(()) => Ok((tmp, f)),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 Err(e)
@@ -633,7 +738,7 @@ impl Root {
     /// Under a staging, the removal happens at commit.
     pub fn remove(&self, guest: impl AsRef<Path>) -> Result<bool, RootError> {
         let guest = guest.as_ref();
-        let (p, found) = self.resolve_file(guest)?;
+        let Resolved { host: p, found, dir_dev } = self.resolve_file(guest)?;
         let staged = self.with_stage(|st| {
             let st = st?;
             // what is there now: the latest staged change, or the disk
@@ -642,7 +747,12 @@ impl Root {
                 None => found.exists(),
             };
             if there {
-                st.put(Staged { target: p.clone(), temp: None, replacing: found.exists() });
+                st.put(Staged {
+                    target: p.clone(),
+                    temp: None,
+                    replacing: found.exists(),
+                    dev: dir_dev,
+                });
             }
             Some(there)
         });
@@ -654,10 +764,7 @@ impl Root {
         }
         match fs::remove_file(&p) {
             Ok(()) => {
-                let dir = p.parent().unwrap_or(&self.base);
-                if let Ok(m) = fs::metadata(dir) {
-                    self.mark_dirty(m.dev(), dir);
-                }
+                self.mark_dirty(dir_dev, p.parent().unwrap_or(&self.base));
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -671,7 +778,7 @@ impl Root {
     /// staging, staged files are listed and staged removals are not.
     pub fn list(&self, guest: impl AsRef<Path>) -> Result<Vec<String>, RootError> {
         let guest = guest.as_ref();
-        let (p, found) = self.resolve_found(guest)?;
+        let Resolved { host: p, found, .. } = self.resolve_found(guest)?;
         let mut names = Vec::new();
         if found.exists() {
             let rd = fs::read_dir(&p).map_err(io_err("list", guest))?;
@@ -732,6 +839,8 @@ impl Root {
         let ops = self.with_stage(|st| {
             let st = st?;
             st.levels.iter_mut().for_each(|m| *m = 0);
+            // other processes may change the tree from now on
+            st.dirs.clear();
             Some(std::mem::take(&mut st.ops))
         });
         match ops {
@@ -771,10 +880,7 @@ impl Root {
                 return Err(RootError::Io { op: what, path: self.guest_of(&op.target), source });
             }
             if op.temp.is_none() {
-                let dir = op.target.parent().unwrap_or(&self.base);
-                if let Ok(m) = fs::metadata(dir) {
-                    self.mark_dirty(m.dev(), dir);
-                }
+                self.mark_dirty(op.dev, op.target.parent().unwrap_or(&self.base));
             }
         }
         Ok(ops.len())
@@ -902,16 +1008,74 @@ mod tests {
         let b = r.base().to_path_buf();
         fs::create_dir_all(b.join("etc")).unwrap();
         symlink("../../..", b.join("etc/up")).unwrap();
-        assert_eq!(r.resolve_found(Path::new("/etc/x")).unwrap().1, Found::Missing);
-        assert_eq!(r.resolve_found(Path::new("/etc/x/y/z")).unwrap().1, Found::ParentMissing);
-        assert_eq!(r.resolve_found(Path::new("/etc")).unwrap().1, Found::Dir);
-        assert_eq!(r.resolve_found(Path::new("/etc/x/..")).unwrap().1, Found::Dir);
+        assert_eq!(r.resolve_found(Path::new("/etc/x")).unwrap().found, Found::Missing);
+        assert_eq!(r.resolve_found(Path::new("/etc/x/y/z")).unwrap().found, Found::ParentMissing);
+        assert_eq!(r.resolve_found(Path::new("/etc")).unwrap().found, Found::Dir);
+        assert_eq!(r.resolve_found(Path::new("/etc/x/..")).unwrap().found, Found::Dir);
         // climbing back out of a missing directory walks real components again
         assert!(matches!(r.resolve("/etc/x/../up/y"), Err(RootError::Escape { .. })));
         fs::write(b.join("etc/f"), "f").unwrap();
-        assert_eq!(r.resolve_found(Path::new("/etc/x/../f")).unwrap().1, Found::File);
+        assert_eq!(r.resolve_found(Path::new("/etc/x/../f")).unwrap().found, Found::File);
         r.write("/etc/x/y/z", b"z", FileOpts::default()).unwrap();
         assert_eq!(fs::read(b.join("etc/x/y/z")).unwrap(), b"z");
+    }
+
+    #[test]
+    fn modes_are_exact_whatever_the_umask_cuts() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        for (i, mode) in
+            [0o600, 0o644, 0o664, 0o666, 0o4755, 0o2750, 0o1777, 0o000].into_iter().enumerate()
+        {
+            let p = r.write(format!("/f{i}"), b"x", FileOpts::mode(mode)).unwrap();
+            assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, mode, "file mode {mode:o}");
+            r.mkdir_all(format!("/d{i}/sub"), FileOpts::mode(mode | 0o700)).unwrap();
+            let d = r.base().join(format!("d{i}/sub"));
+            assert_eq!(fs::metadata(&d).unwrap().mode() & 0o7777, mode | 0o700, "dir {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_staging_remembers_directories_until_it_flushes() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::new(t.path()).unwrap();
+        let b = r.base().to_path_buf();
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir_all(b.join("etc/app")).unwrap();
+        // without a staging, a directory swapped for an escaping symlink is seen at once
+        r.write("/etc/app/a", b"a", FileOpts::default()).unwrap();
+        fs::remove_dir_all(b.join("etc/app")).unwrap();
+        symlink("../../../..", b.join("etc/app")).unwrap();
+        assert!(matches!(
+            r.write("/etc/app/a", b"a", FileOpts::default()),
+            Err(RootError::Escape { .. })
+        ));
+        fs::remove_file(b.join("etc/app")).unwrap();
+        fs::create_dir(b.join("etc/app")).unwrap();
+
+        let run = r.stage();
+        r.write("/etc/app/a", b"a", FileOpts::default()).unwrap();
+        assert!(r.known_dir(&b.join("etc/app")).is_some(), "walked directories are remembered");
+        r.mkdir_all("/var/lib/new", FileOpts::mode(0o700)).unwrap();
+        assert!(r.known_dir(&b.join("var/lib/new")).is_some(), "created ones too");
+        assert!(r.known_dir(&b.join("etc/app/a")).is_none(), "files are not");
+        // a flush lets other processes in: what it remembered is forgotten
+        r.flush_staged().unwrap();
+        assert!(r.known_dir(&b.join("etc/app")).is_none());
+        fs::rename(b.join("etc/app"), b.join("etc/app.old")).unwrap();
+        symlink(outside.path(), b.join("etc/app")).unwrap(); // absolute: stays inside the root
+        r.write("/etc/app/b", b"b", FileOpts::default()).unwrap();
+        assert_eq!(run.commit().unwrap(), 1);
+        assert!(!outside.path().join("b").exists(), "the symlink was followed inside the root");
+        assert!(b.join(outside.path().strip_prefix("/").unwrap()).join("b").exists());
+        // another thread's handle never sees this thread's memory
+        let s = r.stage();
+        r.write("/etc/app.old/c", b"c", FileOpts::default()).unwrap();
+        let r2 = r.clone();
+        let dir = b.join("etc/app.old");
+        assert!(std::thread::spawn(move || r2.known_dir(&dir)).join().unwrap().is_none());
+        drop(s);
+        assert!(r.known_dir(&b.join("etc/app.old")).is_none(), "closed stagings forget");
     }
 
     #[test]
