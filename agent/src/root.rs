@@ -844,15 +844,16 @@ impl Root {
             Some(std::mem::take(&mut st.ops))
         });
         match ops {
-            Some(ops) => self.commit_ops(ops),
+            Some(ops) => self.commit_ops(ops, false),
             None => Ok(0),
         }
     }
 
     /// Applies staged changes in order (a change shadowed by a later one of the same target
-    /// is dropped). When one replaces an existing file, everything written so far is made
-    /// durable first, so no rename can point a name at content a crash loses.
-    fn commit_ops(&self, mut ops: Vec<Staged>) -> Result<usize, RootError> {
+    /// is dropped). When one replaces an existing file, or `sync_first` asks, everything
+    /// written so far is made durable first, so no rename can point a name at content a crash
+    /// loses.
+    fn commit_ops(&self, mut ops: Vec<Staged>, sync_first: bool) -> Result<usize, RootError> {
         let mut seen = std::collections::HashSet::new();
         let mut shadowed = Vec::new();
         for i in (0..ops.len()).rev() {
@@ -861,7 +862,7 @@ impl Root {
             }
         }
         discard(&shadowed);
-        if ops.iter().any(|o| o.replacing && o.temp.is_some()) {
+        if sync_first || ops.iter().any(|o| o.replacing && o.temp.is_some()) {
             if let Err(e) = self.sync() {
                 discard(&ops);
                 return Err(e);
@@ -909,7 +910,21 @@ impl Staging<'_> {
     pub fn commit(mut self) -> Result<usize, RootError> {
         self.done = true;
         match self.root.close_stage(true) {
-            Some(ops) => self.root.commit_ops(ops),
+            Some(ops) => self.root.commit_ops(ops, false),
+            None => Ok(0),
+        }
+    }
+
+    /// [`Staging::commit`], with one [`Root::sync`] before the first rename whatever the
+    /// changes are: everything written before through this root (files, renames, and these
+    /// changes' temp files) is durable before any of these renames happens. For a record of
+    /// work, which must never survive a crash that the work did not. The renames themselves
+    /// become durable with the next sync or the filesystem's own commit. An inner staging
+    /// neither syncs nor applies anything.
+    pub fn commit_after_sync(mut self) -> Result<usize, RootError> {
+        self.done = true;
+        match self.root.close_stage(true) {
+            Some(ops) => self.root.commit_ops(ops, true),
             None => Ok(0),
         }
     }

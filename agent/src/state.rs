@@ -259,10 +259,13 @@ impl State {
     }
 
     /// Records a run: the status file (whose `done` set is the per-instance completion record),
-    /// then the current instance-id, staged and applied together, then made durable. Call it
-    /// only after the run's own writes are durable ([`Root::sync`]): a record must never
-    /// survive a crash that its writes did not. Either file surviving without the other is
-    /// safe: a missing or older status only makes the next boot run steps again.
+    /// then the current instance-id, staged and renamed together after one sync that makes
+    /// everything written before durable (the run's files and their renames, and these two
+    /// files' content): a record never survives a crash that its run's writes did not. The
+    /// renames become durable with the filesystem's next commit; a crash before that loses
+    /// the record, and the next boot runs the stage again, as after a crash during it. Either
+    /// file surviving without the other is safe: a missing or older status only makes the
+    /// next boot run steps again.
     pub fn save(&self, status: &Status) -> Result<(), StateError> {
         let mut json = serde_json::to_vec_pretty(status)
             .map_err(|source| StateError::Corrupt { path: "status".into(), source })?;
@@ -275,8 +278,7 @@ impl State {
             format!("{}\n", status.instance_id).as_bytes(),
             FileOpts::mode(0o644),
         )?;
-        staging.commit()?;
-        self.root.sync()?;
+        staging.commit_after_sync()?;
         Ok(())
     }
 

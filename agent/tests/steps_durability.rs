@@ -128,7 +128,12 @@ fn traced_firstboot(root: &Path, gi: &Path) -> Vec<String> {
         .unwrap()
         .join(format!("strace-{}.log", root.file_name().unwrap().to_string_lossy()));
     let out = Command::new(strace())
-        .args(["-f", "-qq", "-e", "trace=rename,renameat,renameat2,fsync,fdatasync,syncfs,sync"])
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=openat,rename,renameat,renameat2,fsync,fdatasync,syncfs,sync",
+        ])
         .arg("-o")
         .arg(&log)
         .arg(BIN)
@@ -159,8 +164,8 @@ fn the_record_is_written_last_after_one_sync_and_a_rerun_changes_nothing() {
     assert!(fsyncs.is_empty(), "per-file fsyncs: {fsyncs:?}");
     let is_sync = |l: &String| l.contains("syncfs(");
     let syncs = calls.iter().filter(|l| is_sync(l)).count();
-    // one before the renames that replace files, one after them, one for the record
-    assert_eq!(syncs, 3, "syncfs calls: {calls:#?}");
+    // one before the renames that replace files, one after them (before the record's renames)
+    assert_eq!(syncs, 2, "syncfs calls: {calls:#?}");
     let pos = |needle: &str| {
         calls
             .iter()
@@ -175,11 +180,16 @@ fn the_record_is_written_last_after_one_sync_and_a_rerun_changes_nothing() {
         .rposition(|l| l.contains("rename") && !l.contains("/var/lib/capstan/"))
         .unwrap();
     assert!(last_step < status && status < marker, "order: {calls:#?}");
-    assert!(
-        calls[last_step..status].iter().any(is_sync),
-        "no syncfs between the steps' writes and the record: {calls:#?}"
-    );
-    assert!(calls[marker..].iter().any(is_sync), "the record itself is not synced: {calls:#?}");
+    let sync_before_record = last_step
+        + calls[last_step..status].iter().position(is_sync).unwrap_or_else(|| {
+            panic!("no syncfs between the steps' renames and the record: {calls:#?}")
+        });
+    // the record's content is written before that sync: its rename cannot expose an empty file
+    let record_temp = calls
+        .iter()
+        .position(|l| l.contains("openat") && l.contains(".status.json.capstan-"))
+        .unwrap_or_else(|| panic!("no temp file for the record: {calls:#?}"));
+    assert!(record_temp < sync_before_record, "record written after the sync: {calls:#?}");
     assert!(calls[status..marker]
         .iter()
         .all(|l| !l.contains("rename") || l.contains("/var/lib/capstan/")));

@@ -169,7 +169,8 @@ fn apply_gathered_stage(
         extra_errors.push(format!("state (final stage plan): {}", chain(&e)));
     }
     let mut done = done;
-    // Steps count as done only when their writes are durable (no failed final sync).
+    // Steps count as done only when their files were applied (no failed `sync` record); the
+    // record saved below is renamed only after a sync makes them durable.
     if !records.iter().any(|r| r.name == steps::SYNC_STEP) {
         done.extend(records.iter().filter(|r| r.status == StepStatus::Ok).map(|r| r.name.clone()));
     }

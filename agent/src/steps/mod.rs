@@ -435,17 +435,17 @@ pub fn run_stage(
         };
         out.push(rec);
     }
-    // Apply the run's changes (one sync first if they replace files), then one sync for all
-    // of it, before the caller records the run. If either fails, a `sync` record says so:
-    // the caller must not count this run's steps as done.
+    // Apply the run's changes (one sync first if they replace files). The caller's record of
+    // the run syncs all of it before it is renamed (`State::save`). If applying fails, a
+    // `sync` record says so: the caller must not count this run's steps as done.
     let t = Instant::now();
-    let synced = run_staging.commit().and_then(|_| root.sync());
+    let synced = run_staging.commit().map(|_| ());
     let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
     match synced {
-        Ok(()) => tracing::debug!(duration_ms, "first-boot writes synced"),
+        Ok(()) => tracing::debug!(duration_ms, "first-boot writes applied"),
         Err(e) => {
             let error = error_chain(&e);
-            tracing::error!("making the first-boot writes durable: {error}");
+            tracing::error!("applying the first-boot writes: {error}");
             out.push(StepRecord {
                 name: SYNC_STEP.into(),
                 status: StepStatus::Failed,
@@ -458,8 +458,9 @@ pub fn run_stage(
     out
 }
 
-/// The record [`run`] adds when the final sync fails. Then no step of the run is durable, so
-/// none may be recorded as done for the instance.
+/// The record [`run`] adds when applying the run's files fails (the sync before the renames,
+/// or a rename). Then the steps' files may be missing, so no step of the run may be recorded
+/// as done for the instance.
 pub const SYNC_STEP: &str = "sync";
 
 /// The `network` step: validate all, render all, then write all; remove our stale files.
