@@ -1,8 +1,9 @@
 //! `capstan-agent`: the node agent binary. A thin shell over `capstan_agent::cli`.
 
-use clap::Parser;
-
 fn main() {
-    let cli = capstan_agent::cli::Cli::parse();
-    std::process::exit(capstan_agent::cli::run(cli));
+    let code = match capstan_agent::cli::parse(std::env::args_os()) {
+        Ok(cli) => capstan_agent::cli::run(cli),
+        Err(code) => code,
+    };
+    std::process::exit(code);
 }

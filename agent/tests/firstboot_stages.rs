@@ -259,7 +259,7 @@ fn a_bad_stage_is_a_usage_error() {
     let t = tempfile::tempdir().unwrap();
     setup(t.path(), "iid-x", USERDATA);
     let o = firstboot(t.path(), &["--stage", "late"]);
-    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(1), "a usage error, not a failed step");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--stage") && err.contains("early") && err.contains("final"), "{err}");
     assert!(!t.path().join("root/var/lib/capstan").exists(), "nothing recorded");

@@ -1,4 +1,4 @@
-//! The `capstan-agent` commands. `main.rs` parses arguments and calls [`run`]; every command
+//! The `capstan-agent` commands. `main.rs` calls [`parse`], then [`run`]; every command
 //! returns its exit code, and errors are printed once with their causes.
 
 mod cloudconfig;
@@ -12,9 +12,11 @@ pub mod commands_api {
     };
 }
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use commands::{config_check, firstboot, render, status};
@@ -179,6 +181,31 @@ pub fn init_logging(format: Option<LogFormat>) {
     };
 }
 
+/// Parses a command line (the program name first). On `--help`, `--version` or a usage error
+/// clap's text is printed (help on stdout, errors on stderr) and the exit code returned.
+pub fn parse<I, T>(args: I) -> Result<Cli, i32>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| {
+        // Nothing better to do when stdout or stderr is gone (`--help | head -0`).
+        let _ = e.print();
+        usage_exit_code(e.kind())
+    })
+}
+
+/// The exit code of a command line clap did not turn into a command: 0 for the help and the
+/// version asked for, [`EXIT_ERROR`] for everything else. Not clap's own 2, which is
+/// [`EXIT_STEP_FAILED`]: a script must tell bad usage from a failed step.
+pub fn usage_exit_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => EXIT_OK,
+        // `capstan-agent` or `capstan-agent config` alone: help on stderr, a usage error.
+        _ => EXIT_ERROR,
+    }
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> i32 {
     init_logging(cli.log_format);
@@ -202,6 +229,26 @@ pub fn run(cli: Cli) -> i32 {
 mod tests {
     use tracing::Level;
     use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn only_help_and_version_exit_0() {
+        use clap::error::ErrorKind;
+        assert_eq!(super::usage_exit_code(ErrorKind::DisplayHelp), super::EXIT_OK);
+        assert_eq!(super::usage_exit_code(ErrorKind::DisplayVersion), super::EXIT_OK);
+        for k in [
+            ErrorKind::UnknownArgument,
+            ErrorKind::InvalidValue,
+            ErrorKind::InvalidSubcommand,
+            ErrorKind::MissingRequiredArgument,
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            ErrorKind::ArgumentConflict,
+        ] {
+            assert_eq!(super::usage_exit_code(k), super::EXIT_ERROR, "{k:?}");
+        }
+        let parsed = super::parse(["capstan-agent", "status", "--json"]).map(|c| c.command);
+        assert!(matches!(parsed, Ok(super::Command::Status { json: true, root: None })));
+        // a refused command line prints clap's error: tests/cli_exit_codes.rs runs those
+    }
 
     #[test]
     fn log_filter_reads_levels_and_targets() {
