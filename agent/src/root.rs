@@ -162,7 +162,9 @@ struct Staged {
 impl Stage {
     /// The latest change staged for `target`.
     fn find(&self, target: &Path) -> Option<usize> {
-        self.ops.iter().rposition(|o| o.target == target)
+        // Byte equality: both paths come from resolution, so they are spelled the same way
+        // (`Path`'s `==` compares component by component, and this runs for every write).
+        self.ops.iter().rposition(|o| o.target.as_os_str() == target.as_os_str())
     }
 
     /// The latest change for `target` if the innermost level staged it (it may be changed in
