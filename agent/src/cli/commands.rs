@@ -71,14 +71,13 @@ pub fn apply_stage(
     scrub: bool,
     stage: Stage,
 ) -> (Status, Vec<String>) {
-    let started = Instant::now();
-    let started_at = now_secs();
+    let pass = Pass { root, mode, scrub, started: Instant::now(), started_at: now_secs() };
     let g = sources::gather(opts);
-    let gather_ms = started.elapsed().as_millis() as u64;
+    let gather_ms = pass.started.elapsed().as_millis() as u64;
     if stage == Stage::Final {
-        return apply_final(&g, root, mode, scrub, started, started_at);
+        return apply_final(&pass, &g);
     }
-    let st = apply_gathered_stage(&g, root, mode, scrub, started, started_at, gather_ms, stage);
+    let st = apply_gathered_stage(&pass, &g, gather_ms, stage);
     let failed = st.failed_steps().into_iter().map(str::to_owned).collect();
     (st, failed)
 }
@@ -94,7 +93,21 @@ pub fn apply_gathered(
     started_at: u64,
     gather_ms: u64,
 ) -> Status {
-    apply_gathered_stage(g, root, mode, scrub, started, started_at, gather_ms, Stage::All)
+    apply_gathered_stage(&Pass { root, mode, scrub, started, started_at }, g, gather_ms, Stage::All)
+}
+
+/// One pass of first boot: what its stages share.
+struct Pass<'a> {
+    /// Where the effects go.
+    root: &'a Root,
+    /// Live, or confined to the root.
+    mode: Mode,
+    /// Overwrite consumed secrets in guestinfo and publish the short status there.
+    scrub: bool,
+    /// When the pass began, before the sources were gathered (its recorded duration).
+    started: Instant,
+    /// The same moment in seconds since the epoch (its recorded start).
+    started_at: u64,
 }
 
 /// The detail of a final-stage step recorded by the early stage.
@@ -103,17 +116,8 @@ pub const PENDING_DETAIL: &str =
 
 /// The early stage or all of first boot, with sources gathered; records the run (replacing
 /// the instance's earlier record) and keeps the final stage's part of the plan.
-#[allow(clippy::too_many_arguments)]
-fn apply_gathered_stage(
-    g: &Gathered,
-    root: &Root,
-    mode: Mode,
-    scrub: bool,
-    started: Instant,
-    started_at: u64,
-    gather_ms: u64,
-    stage: Stage,
-) -> Status {
+fn apply_gathered_stage(pass: &Pass, g: &Gathered, gather_ms: u64, stage: Stage) -> Status {
+    let &Pass { root, mode, scrub, started, started_at } = pass;
     for line in g.error_lines() {
         tracing::warn!("{line}");
     }
@@ -221,14 +225,8 @@ fn apply_gathered_stage(
 /// instead: commands must not run on a node whose identity, network, files and users are
 /// another instance's. When the early stage ran but a step failed, the final steps run anyway
 /// (as cloud-final runs after a failed init module); the record's `result` stays `failed`.
-fn apply_final(
-    g: &Gathered,
-    root: &Root,
-    mode: Mode,
-    scrub: bool,
-    started: Instant,
-    started_at: u64,
-) -> (Status, Vec<String>) {
+fn apply_final(pass: &Pass, g: &Gathered) -> (Status, Vec<String>) {
+    let &Pass { root, mode, scrub, started, started_at } = pass;
     let state = State::new(root.clone());
     let id = g.instance_id.to_string();
     let current = state.current_instance().ok().flatten();
@@ -248,16 +246,7 @@ fn apply_final(
             };
             tracing::warn!("{why}: running every step now");
             let gather_ms = started.elapsed().as_millis() as u64;
-            let st = apply_gathered_stage(
-                g,
-                root,
-                mode,
-                scrub,
-                started,
-                started_at,
-                gather_ms,
-                Stage::All,
-            );
+            let st = apply_gathered_stage(pass, g, gather_ms, Stage::All);
             let failed = st.failed_steps().into_iter().map(str::to_owned).collect();
             return (st, failed);
         }
