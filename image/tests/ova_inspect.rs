@@ -131,3 +131,109 @@ fn bad_inputs_fail_with_the_file_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr).unwrap().contains("x.ova"));
 }
+
+/// Writes `NAME.ovf` (and `NAME.ova`, packed by `capstan ova pack`) with a tiny disk.
+fn write_pair(
+    dir: &std::path::Path,
+    name: &str,
+    xml: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ovf = dir.join(format!("{name}.ovf"));
+    std::fs::write(&ovf, xml).unwrap();
+    std::fs::write(dir.join("vm-disk1.vmdk"), vec![7u8; 4096]).unwrap();
+    let ova = dir.join(format!("{name}.ova"));
+    let out = capstan(&[
+        "ova".as_ref(),
+        "pack".as_ref(),
+        "--ovf".as_ref(),
+        ovf.as_os_str(),
+        "-o".as_ref(),
+        ova.as_os_str(),
+    ]);
+    assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
+    (ovf, ova)
+}
+
+fn vm() -> VmBuilder {
+    VmBuilder::new("vm").disk(DiskSpec::new("vm-disk1.vmdk", 1 << 30))
+}
+
+#[test]
+fn firmware_is_what_the_lab_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, builder, want, from) in [
+        ("efi", vm().firmware(Firmware::Efi), "efi", "OVA descriptor: vmw:Config firmware=efi"),
+        ("nokey", vm(), "bios", "OVA descriptor: no vmw:Config firmware (vSphere's default, BIOS)"),
+        (
+            "bios",
+            vm().config("firmware", "bios"),
+            "bios",
+            "OVA descriptor: vmw:Config firmware=bios",
+        ),
+    ] {
+        let xml = builder.build().to_xml();
+        assert_eq!(xml.contains("\"firmware\""), name != "nokey", "{name}: {xml}");
+        let (ovf, ova) = write_pair(dir.path(), name, &xml);
+        for file in [&ovf, &ova] {
+            let out =
+                capstan(&["ova".as_ref(), "inspect".as_ref(), "--json".as_ref(), file.as_os_str()]);
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["firmware"], want, "{name}: {v:#}");
+            assert_eq!(v["firmware_from"], from, "{name}");
+            assert_eq!(v["virtual_systems"][0]["hardware"][0]["firmware"], want, "{name}");
+            let out = capstan(&["ova".as_ref(), "inspect".as_ref(), file.as_os_str()]);
+            let text = String::from_utf8(out.stdout).unwrap();
+            let line = format!("firmware: {want} ({from})");
+            assert!(text.contains(&line), "{name}: {line:?} missing from\n{text}");
+            assert!(text.contains(&format!("MiB, firmware {want}, transport")), "{name}\n{text}");
+        }
+    }
+}
+
+/// The one line `capstan` printed on stderr, with the file's path replaced by `FILE`.
+fn error_line(out: &std::process::Output, file: &std::path::Path) -> String {
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.stdout.is_empty(), "printed a report: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "not one line:\n{err}");
+    err.trim_end().replace(&file.display().to_string(), "FILE")
+}
+
+#[test]
+fn a_bad_firmware_is_the_same_error_in_inspect_and_lab() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "b".repeat(10 * 1024);
+    for (name, builder, shown) in [
+        ("newline", vm().config("firmware", "efi\nbios"), "firmware=\"efi"),
+        ("big", vm().config("firmware", &big), "firmware=\"bbbb"),
+        ("coreboot", vm().config("firmware", "coreboot"), "firmware=\"coreboot\""),
+        (
+            "twice",
+            vm().config("firmware", "efi").config("firmware", "bios").config("firmware", "efi"),
+            "firmware is set to different values (\"efi\", \"bios\");",
+        ),
+    ] {
+        let (ovf, ova) = write_pair(dir.path(), name, &builder.build().to_xml());
+        for file in [&ovf, &ova] {
+            for json in [true, false] {
+                let mut args = vec!["ova".as_ref(), "inspect".as_ref(), file.as_os_str()];
+                if json {
+                    args.push("--json".as_ref());
+                }
+                let got = error_line(&capstan(&args), file);
+                assert!(got.starts_with("capstan: error: FILE: vmw:Config "), "{name}: {got}");
+                assert!(got.contains(shown), "{name}: {shown:?} missing: {got}");
+                assert!(got.len() < 300, "{name}: {} bytes: {got}", got.len());
+                assert_eq!(got.matches("vmw:Config").count(), 1, "said twice: {got}");
+            }
+        }
+        // The lab refuses the OVA with the very same message, before extracting its disk.
+        let inspect =
+            error_line(&capstan(&["ova".as_ref(), "inspect".as_ref(), ova.as_os_str()]), &ova);
+        let started = std::time::Instant::now();
+        let lab = capstan(&["lab".as_ref(), "run".as_ref(), "--json".as_ref(), ova.as_os_str()]);
+        assert_eq!(error_line(&lab, &ova), inspect, "{name}");
+        assert!(started.elapsed().as_secs() < 30, "{name}: the lab took {:?}", started.elapsed());
+    }
+}

@@ -1,5 +1,7 @@
 //! `capstan ova inspect FILE.ova|FILE.ovf [--json]`: hardware, disks, networks and properties
-//! of a descriptor, read from a bare `.ovf` or from the first member of an `.ova`.
+//! of a descriptor, read from a bare `.ovf` or from the first member of an `.ova`. The firmware
+//! shown is `capstan lab run`'s decision (`lab::firmware::from_descriptor`), never a reading of
+//! its own.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,9 @@ use ovf::descriptor::{
     VirtualSystem,
 };
 use serde_json::{json, Value};
+
+use crate::build::Firmware;
+use crate::lab::firmware::{self, Decision};
 
 /// Arguments of `capstan ova inspect` (dispatched here by `cmd::ova`).
 #[derive(Debug, clap::Args)]
@@ -35,7 +40,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     };
     let env =
         Envelope::from_bytes(&bytes).with_context(|| format!("{}: {name}", path.display()))?;
-    let report = describe(&env, &name);
+    // The lab's own decision, so inspect never shows a firmware `capstan lab run` would not
+    // boot; a bad value fails here with the lab's message.
+    let firmware = firmware::from_descriptor(&env, &path.display().to_string())?;
+    let report = describe(&env, &name, &firmware);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -45,7 +53,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What `inspect` shows, as JSON (the text form is rendered from it, so both say the same).
-pub(crate) fn describe(env: &Envelope, descriptor: &str) -> Value {
+/// `firmware` is [`firmware::from_descriptor`]'s decision for the whole descriptor.
+pub(crate) fn describe(env: &Envelope, descriptor: &str, firmware: &Decision) -> Value {
     let files: Vec<Value> =
         env.files().iter().map(|f| json!({"id": f.id, "href": f.href, "size": f.size})).collect();
     let disks: Vec<Value> = env
@@ -78,7 +87,7 @@ pub(crate) fn describe(env: &Envelope, descriptor: &str) -> Value {
         .collect();
     let systems: Vec<Value> = match &env.content {
         None => Vec::new(),
-        Some(c) => c.systems().into_iter().map(system).collect(),
+        Some(c) => c.systems().into_iter().map(|vs| system(vs, firmware.firmware)).collect(),
     };
     let mut products: Vec<Value> = Vec::new();
     if let Some(c) = &env.content {
@@ -87,6 +96,8 @@ pub(crate) fn describe(env: &Envelope, descriptor: &str) -> Value {
     json!({
         "descriptor": descriptor,
         "ovf_namespace": env.ovf_ns,
+        "firmware": firmware.firmware,
+        "firmware_from": firmware.from,
         "files": files,
         "disks": disks,
         "networks": networks,
@@ -160,7 +171,7 @@ fn kind_of(item: &Item) -> &'static str {
     }
 }
 
-fn hardware(h: &VirtualHardwareSection) -> Value {
+fn hardware(h: &VirtualHardwareSection, firmware: Firmware) -> Value {
     let sys = h.system.as_ref();
     let mut cpus = None;
     let mut memory_mib = None;
@@ -195,8 +206,6 @@ fn hardware(h: &VirtualHardwareSection) -> Value {
             "configuration": item.configuration,
         }));
     }
-    let firmware =
-        h.configs.iter().find(|c| c.key == "firmware").map_or("bios", |c| c.value.as_str());
     json!({
         "id": h.id,
         "hardware_version": sys.and_then(|s| s.get("VirtualSystemType")),
@@ -210,13 +219,13 @@ fn hardware(h: &VirtualHardwareSection) -> Value {
     })
 }
 
-fn system(vs: &VirtualSystem) -> Value {
+fn system(vs: &VirtualSystem, firmware: Firmware) -> Value {
     let os = vs.operating_system();
     json!({
         "id": vs.id,
         "name": vs.name.as_ref().map(|m| &m.text),
         "os": os.map(|o| json!({"id": o.id, "os_type": o.os_type, "description": o.description.as_ref().map(|m| &m.text)})),
-        "hardware": vs.hardware().map(hardware).collect::<Vec<_>>(),
+        "hardware": vs.hardware().map(|h| hardware(h, firmware)).collect::<Vec<_>>(),
     })
 }
 
@@ -233,6 +242,7 @@ pub(crate) fn render_text(r: &Value) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "descriptor: {}", s(&r["descriptor"]));
+    let _ = writeln!(o, "firmware: {} ({})", s(&r["firmware"]), s(&r["firmware_from"]));
     for vs in r["virtual_systems"].as_array().into_iter().flatten() {
         let _ = writeln!(o, "virtual system {} ({})", s(&vs["id"]), s(&vs["name"]));
         if !vs["os"].is_null() {
@@ -329,4 +339,39 @@ pub(crate) fn render_text(r: &Value) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovf::descriptor::builder::VmBuilder;
+
+    #[test]
+    fn inspect_shows_the_lab_decision() {
+        for (values, want) in [
+            (&["efi"][..], Some(Firmware::Efi)),
+            (&[][..], Some(Firmware::Bios)),
+            (&["bios"][..], Some(Firmware::Bios)),
+            (&["efi", "efi"][..], Some(Firmware::Efi)),
+            (&["efi\nbios"][..], None),
+            (&["efi", "bios", "efi"][..], None),
+        ] {
+            let mut b = VmBuilder::new("vm");
+            for v in values {
+                b = b.config("firmware", *v);
+            }
+            // Through XML, as inspect and lab read it.
+            let env = Envelope::from_bytes(b.build().to_xml().as_bytes()).unwrap();
+            let decided = firmware::from_descriptor(&env, "t.ovf");
+            assert_eq!(decided.as_ref().ok().map(|d| d.firmware), want, "{values:?}");
+            let Ok(d) = decided else { continue };
+            let r = describe(&env, "t.ovf", &d);
+            let name = serde_json::to_value(d.firmware).unwrap();
+            assert_eq!(r["firmware"], name, "{values:?}");
+            assert_eq!(r["firmware_from"], d.from.as_str());
+            assert_eq!(r["virtual_systems"][0]["hardware"][0]["firmware"], name);
+            let text = render_text(&r);
+            assert!(text.contains(&format!("firmware: {} ({})", s(&name), d.from)), "{text}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! protective MBR carries boot code (a `capstan build --firmware bios` disk has SYSLINUX's
 //! `gptmbr.bin` there, an EFI-only disk has zeros).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -30,20 +31,33 @@ pub struct Decision {
     pub from: String,
 }
 
-/// The firmware an OVA descriptor asks for. A `firmware` value other than `efi`/`bios`, or two
-/// different values, is an error naming the key (vCenter would refuse the OVA too).
-pub fn from_descriptor(env: &ovf::descriptor::Envelope) -> anyhow::Result<Decision> {
+/// The firmware an OVA descriptor asks for: `vmw:Config firmware` of its virtual hardware,
+/// `bios` when absent (vSphere's default). `descriptor` names the file in errors.
+///
+/// The one place that reads this key: `capstan lab run` boots with the decision and
+/// `capstan ova inspect` shows it, so both always agree. A value other than `efi`/`bios`, or
+/// two different values, is an error naming the descriptor and the key (vCenter would refuse
+/// the OVA too); values are quoted escaped and cut to [`SHOWN_VALUE`] bytes, so a hostile
+/// descriptor cannot put control characters or kilobytes into the message.
+pub fn from_descriptor(
+    env: &ovf::descriptor::Envelope,
+    descriptor: &str,
+) -> anyhow::Result<Decision> {
+    // Every distinct value once, in document order: `efi, bios, efi` is the conflict
+    // `efi`/`bios`, and a thousand copies of one value are that value.
     let mut values: Vec<&str> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     if let Some(content) = &env.content {
         for vs in content.systems() {
             for hw in vs.hardware() {
                 for c in hw.configs.iter().filter(|c| c.key == "firmware") {
-                    values.push(c.value.as_str());
+                    if seen.insert(c.value.as_str()) {
+                        values.push(c.value.as_str());
+                    }
                 }
             }
         }
     }
-    values.dedup();
     match values.as_slice() {
         [] => Ok(Decision {
             firmware: Firmware::Bios,
@@ -57,11 +71,39 @@ pub fn from_descriptor(env: &ovf::descriptor::Envelope) -> anyhow::Result<Decisi
             firmware: Firmware::Bios,
             from: "OVA descriptor: vmw:Config firmware=bios".into(),
         }),
-        [one] => {
-            bail!("OVA descriptor: vmw:Config firmware={one:?} is neither \"efi\" nor \"bios\"")
+        [one] => bail!(
+            "{descriptor}: vmw:Config firmware={} is neither \"efi\" nor \"bios\"",
+            shown(one)
+        ),
+        many => {
+            let listed: Vec<String> = many.iter().take(4).map(|v| shown(v)).collect();
+            let more = match many.len() {
+                n if n > 4 => format!(" and {} more", n - 4),
+                _ => String::new(),
+            };
+            bail!(
+                "{descriptor}: vmw:Config firmware is set to different values ({}{more}); \
+                 give it once, \"efi\" or \"bios\"",
+                listed.join(", ")
+            )
         }
-        many => bail!("OVA descriptor: vmw:Config firmware is set more than once ({many:?})"),
     }
+}
+
+/// The most bytes of a descriptor value an error message quotes.
+pub const SHOWN_VALUE: usize = 64;
+
+/// A value as an error shows it: Rust-escaped (`"efi\nbios"`), cut at [`SHOWN_VALUE`] bytes
+/// with its full length named.
+fn shown(value: &str) -> String {
+    if value.len() <= SHOWN_VALUE {
+        return format!("{value:?}");
+    }
+    let mut cut = SHOWN_VALUE;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..cut], value.len())
 }
 
 /// The firmware for a bare disk from its first sector: MBR boot code means BIOS (such a
@@ -99,12 +141,14 @@ mod tests {
         VmBuilder::new("vm").firmware(fw).build()
     }
 
+    const NAME: &str = "x/node.ovf";
+
     #[test]
     fn descriptor_decides_for_an_ova() {
-        let d = from_descriptor(&envelope(OvfFirmware::Efi)).unwrap();
+        let d = from_descriptor(&envelope(OvfFirmware::Efi), NAME).unwrap();
         assert_eq!(d.firmware, Firmware::Efi);
         assert!(d.from.contains("firmware=efi"), "{}", d.from);
-        let d = from_descriptor(&envelope(OvfFirmware::Bios)).unwrap();
+        let d = from_descriptor(&envelope(OvfFirmware::Bios), NAME).unwrap();
         assert_eq!(d.firmware, Firmware::Bios);
         assert!(d.from.contains("default"), "{}", d.from);
     }
@@ -117,18 +161,57 @@ mod tests {
         b.build()
     }
 
+    fn error(values: &[&str]) -> String {
+        format!("{:#}", from_descriptor(&with_firmware(values), NAME).unwrap_err())
+    }
+
     #[test]
     fn hostile_descriptor_values_are_named() {
-        assert_eq!(from_descriptor(&with_firmware(&["bios"])).unwrap().firmware, Firmware::Bios);
-        let err = from_descriptor(&with_firmware(&["coreboot"])).unwrap_err().to_string();
-        assert!(err.contains("firmware=\"coreboot\""), "{err}");
-        let err = from_descriptor(&with_firmware(&["efi", "bios"])).unwrap_err().to_string();
-        assert!(err.contains("more than once"), "{err}");
-        // The same value twice is merely redundant.
         assert_eq!(
-            from_descriptor(&with_firmware(&["efi", "efi"])).unwrap().firmware,
-            Firmware::Efi
+            from_descriptor(&with_firmware(&["bios"]), NAME).unwrap().firmware,
+            Firmware::Bios
         );
+        assert_eq!(
+            error(&["coreboot"]),
+            "x/node.ovf: vmw:Config firmware=\"coreboot\" is neither \"efi\" nor \"bios\""
+        );
+        // Case matters to vSphere, and so it does here.
+        assert!(error(&["EFI"]).contains("firmware=\"EFI\""));
+        assert!(error(&[""]).contains("firmware=\"\""));
+        // A newline is shown escaped: the message stays one line.
+        let err = error(&["efi\nbios"]);
+        assert!(err.contains("firmware=\"efi\\nbios\""), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // 10 KiB are cut to a bounded quote that names the full length.
+        let big = "e".repeat(10 * 1024);
+        let err = error(&[&big]);
+        assert!(err.starts_with("x/node.ovf: vmw:Config firmware=\"eee"), "{err}");
+        assert!(err.contains("... (10240 bytes)"), "{err}");
+        assert!(err.len() < SHOWN_VALUE + 120, "{} bytes: {err}", err.len());
+        // Cut on a character boundary (a multi-byte character straddles byte 64).
+        let wide = format!("{}{}", "e".repeat(SHOWN_VALUE - 1), "\u{e9}".repeat(100));
+        assert!(error(&[&wide]).contains(&format!("({} bytes)", wide.len())));
+    }
+
+    #[test]
+    fn conflicting_values_are_listed_once_each() {
+        assert_eq!(
+            error(&["efi", "bios"]),
+            "x/node.ovf: vmw:Config firmware is set to different values (\"efi\", \"bios\"); \
+             give it once, \"efi\" or \"bios\""
+        );
+        // Not only consecutive duplicates: efi, bios, efi, bios is still the pair.
+        let err = error(&["efi", "bios", "efi", "bios", "efi"]);
+        assert!(err.contains("(\"efi\", \"bios\");"), "{err}");
+        // The same value any number of times is merely redundant.
+        let d = from_descriptor(&with_firmware(&["efi"; 50]), NAME).unwrap();
+        assert_eq!(d.firmware, Firmware::Efi);
+        // Many distinct values: four quoted, the rest counted.
+        let many: Vec<String> = (0..1000).map(|i| format!("fw{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = error(&refs);
+        assert!(err.contains("\"fw3\" and 996 more"), "{err}");
+        assert!(!err.contains("fw4\""), "{err}");
     }
 
     #[test]

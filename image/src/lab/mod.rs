@@ -201,8 +201,17 @@ pub fn find_report(log: &str) -> Option<Report> {
 /// Boots the image and (with `wait_ready`) waits for the report.
 pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
     let work = tempfile::Builder::new().prefix("capstan-lab").tempdir()?;
+    // Before the disk is extracted: a descriptor that asks for no valid firmware fails fast.
+    let fw = given_firmware(opts, work.path())?;
     let disk = qemu::prepare_disk(&opts.image, work.path())?;
-    let fw = choose_firmware(opts, &disk.overlay, work.path())?;
+    let fw = match fw {
+        Some(fw) => fw,
+        None => firmware::from_first_sector(&firmware::first_sector(
+            &disk.overlay,
+            "qcow2",
+            work.path(),
+        )?),
+    };
     let (cdrom, ovf_env) = match &opts.cdrom {
         Some(iso) => (iso.clone(), Vec::new()),
         None => {
@@ -284,21 +293,18 @@ pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
     Ok(result)
 }
 
-/// `--firmware`, else what an OVA's descriptor asks for, else what the disk's MBR says.
-fn choose_firmware(
-    opts: &LabOptions,
-    overlay: &std::path::Path,
-    work: &std::path::Path,
-) -> anyhow::Result<Decision> {
+/// `--firmware`, else what an OVA's descriptor asks for; `None` for a bare disk (its MBR
+/// decides, once the overlay exists).
+fn given_firmware(opts: &LabOptions, work: &std::path::Path) -> anyhow::Result<Option<Decision>> {
     if let FirmwareChoice::Force(firmware) = opts.firmware {
-        return Ok(Decision { firmware, from: "--firmware".into() });
+        return Ok(Some(Decision { firmware, from: "--firmware".into() }));
     }
-    if check::sniff(&opts.image)? == ImageFormat::Ova {
+    // An unreadable path is not an OVA here; preparing the disk names the problem.
+    if check::sniff(&opts.image).ok() == Some(ImageFormat::Ova) {
         let env = env::read_ova_descriptor(&opts.image, &work.join("firmware"))?;
-        return firmware::from_descriptor(&env)
-            .with_context(|| format!("{}: choosing the firmware", opts.image.display()));
+        return firmware::from_descriptor(&env, &opts.image.display().to_string()).map(Some);
     }
-    Ok(firmware::from_first_sector(&firmware::first_sector(overlay, "qcow2", work)?))
+    Ok(None)
 }
 
 fn tail(text: &str, n: usize) -> String {
