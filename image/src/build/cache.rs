@@ -3,7 +3,7 @@
 //! marker written last, so an interrupted stage is never mistaken for a finished one.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -103,17 +103,31 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
 
 /// SHA-256 of a file, streamed.
 pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (digest, _) =
+        sha256_of(f, std::io::sink()).with_context(|| format!("reading {}", path.display()))?;
+    Ok(digest)
+}
+
+/// Streams `from` into `to`, returning the hex SHA-256 and the length of what passed: one
+/// read serves a digest and a copy. `to` is flushed.
+pub fn sha256_of(mut from: impl Read, mut to: impl Write) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         h.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        total += n as u64;
     }
-    Ok(hex::encode(h.finalize()))
+    to.flush()?;
+    Ok((hex::encode(h.finalize()), total))
 }
 
 /// One stage's cache entry.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,8 +22,9 @@ pub struct Inputs {
     pub agent_bin: PathBuf,
     /// Directory with the agent's systemd units (`agent/units`), if present.
     pub agent_units: Option<PathBuf>,
-    /// Kubernetes binaries (`--kube-bin`) installed to /usr/bin.
-    pub kube_bin: Option<PathBuf>,
+    /// Kubernetes binaries (`--kube-bin`) installed to /usr/bin, as [`read_kube_bin`] found
+    /// them (empty without `--kube-bin`).
+    pub kube_bin: Vec<KubeBinary>,
     /// `SOURCE_DATE_EPOCH`: the builder's initramfs takes its file times from it.
     pub epoch: u64,
 }
@@ -56,13 +58,28 @@ pub const RECIPE: &str = "2026-11-26.2 ConditionNeedsUpdate seeded";
 /// The Kubernetes binaries `--kube-bin DIR` must hold; installed to /usr/bin, mode 0755.
 pub const KUBE_BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
-/// Checks `--kube-bin DIR` before any stage runs: DIR is a directory and each of
-/// [`KUBE_BINARIES`] is a regular file (symlinks followed) with an execute bit.
-pub fn check_kube_bin(dir: &Path) -> anyhow::Result<()> {
+/// One `--kube-bin` binary, read once before any stage runs: its digest keys the customize
+/// stage and goes into the build report, and the install checks the file still has it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KubeBinary {
+    /// `kubeadm`, `kubelet` or `kubectl`.
+    pub name: &'static str,
+    /// `DIR/NAME` as given (a symlink is followed: its target's content is what counts).
+    pub source: PathBuf,
+    /// Size of the content read.
+    pub bytes: u64,
+    /// SHA-256 of the content read.
+    pub sha256: String,
+}
+
+/// Checks `--kube-bin DIR` before any stage runs and reads each of [`KUBE_BINARIES`] once:
+/// DIR is a directory and each binary a regular file (symlinks followed) with an execute bit.
+pub fn read_kube_bin(dir: &Path) -> anyhow::Result<Vec<KubeBinary>> {
     let meta = fs::metadata(dir).with_context(|| format!("--kube-bin {}", dir.display()))?;
     if !meta.is_dir() {
         bail!("--kube-bin {}: not a directory", dir.display());
     }
+    let mut found = Vec::with_capacity(KUBE_BINARIES.len());
     for name in KUBE_BINARIES {
         let path = dir.join(name);
         match fs::metadata(&path) {
@@ -83,7 +100,39 @@ pub fn check_kube_bin(dir: &Path) -> anyhow::Result<()> {
                 bail!("--kube-bin {}: {name} is missing ({}: {e})", dir.display(), path.display())
             }
         }
+        let f = fs::File::open(&path)
+            .with_context(|| format!("--kube-bin {}: opening {name}", dir.display()))?;
+        let (sha256, bytes) = super::cache::sha256_of(f, io::sink())
+            .with_context(|| format!("--kube-bin {}: reading {name}", dir.display()))?;
+        found.push(KubeBinary { name, source: path, bytes, sha256 });
     }
+    Ok(found)
+}
+
+/// Copies `bin` to `dst` (mode 0755), hashing what it copies: a source that changed since
+/// [`read_kube_bin`] (a download still running, a rebuilt binary) fails the stage instead of
+/// caching content its key does not describe.
+pub fn install_kube_binary(bin: &KubeBinary, dst: &Path) -> anyhow::Result<()> {
+    let src = &bin.source;
+    let f =
+        fs::File::open(src).with_context(|| format!("--kube-bin: opening {}", src.display()))?;
+    if dst.symlink_metadata().is_ok() {
+        fs::remove_file(dst).with_context(|| format!("replacing {}", dst.display()))?;
+    }
+    fs::create_dir_all(dst.parent().expect("has parent"))?;
+    let out = fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let (sha256, bytes) = super::cache::sha256_of(f, io::BufWriter::new(out))
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    if sha256 != bin.sha256 {
+        bail!(
+            "--kube-bin: {} changed while the build ran ({} bytes, sha256 {} when it started; \
+             {bytes} bytes, sha256 {sha256} now)",
+            src.display(),
+            bin.bytes,
+            bin.sha256
+        );
+    }
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
@@ -162,14 +211,8 @@ pub fn run(
     }
 
     install_agent(&root, inputs, &mut warnings)?;
-    if let Some(dir) = &inputs.kube_bin {
-        for name in KUBE_BINARIES {
-            let src = dir.join(name);
-            if !src.is_file() {
-                bail!("--kube-bin {}: {name} is missing", dir.display());
-            }
-            install_file(&src, &root.join("usr/bin").join(name), 0o755)?;
-        }
+    for bin in &inputs.kube_bin {
+        install_kube_binary(bin, &root.join("usr/bin").join(bin.name))?;
     }
 
     let agent_toml = toml::to_string(&p.profile.agent).context("rendering [agent] as TOML")?;
@@ -561,5 +604,89 @@ kernel/drivers/firmware/qemu_fw_cfg.ko:\n";
         let m = fs::metadata(dst.path().join("etc/x/run.sh")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o750);
         assert_eq!(fs::read_link(dst.path().join("etc/x/link")).unwrap(), Path::new("run.sh"));
+    }
+
+    /// `DIR` with the three binaries (mode 0700: the install makes them 0755), kubectl a
+    /// symlink to a file outside DIR, as an unpacked release may have it.
+    fn kube_dir(t: &Path) -> PathBuf {
+        let dir = t.join("kube");
+        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(t.join("elsewhere")).unwrap();
+        for name in KUBE_BINARIES {
+            let path =
+                if name == "kubectl" { t.join("elsewhere/kubectl.real") } else { dir.join(name) };
+            fs::write(&path, format!("#!/bin/sh\necho {name}\n{}", "x".repeat(3 << 20))).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        symlink("../elsewhere/kubectl.real", dir.join("kubectl")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn kube_bin_digests_are_what_sha256sum_says() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = kube_dir(t.path());
+        let bins = read_kube_bin(&dir).unwrap();
+        let names: Vec<&str> = bins.iter().map(|b| b.name).collect();
+        assert_eq!(names, KUBE_BINARIES);
+        for b in &bins {
+            // coreutils' sha256sum follows the symlink too.
+            let out = exec::output(Command::new("sha256sum").arg(&b.source)).unwrap();
+            assert_eq!(out.split_whitespace().next(), Some(b.sha256.as_str()), "{b:?}");
+            assert_eq!(b.bytes, fs::metadata(&b.source).unwrap().len(), "{b:?}");
+            assert!(b.bytes > 3 << 20, "more than one read buffer: {b:?}");
+        }
+        // The symlink's target content counts, not its name: a new kubectl behind the same
+        // link is a different input (the old directory key hashed only the link text).
+        let before = bins[2].sha256.clone();
+        fs::write(t.path().join("elsewhere/kubectl.real"), "#!/bin/sh\necho v2\n").unwrap();
+        assert_ne!(read_kube_bin(&dir).unwrap()[2].sha256, before);
+    }
+
+    #[test]
+    fn kube_binaries_install_0755_and_a_changed_source_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = kube_dir(t.path());
+        let bins = read_kube_bin(&dir).unwrap();
+        let root = t.path().join("root");
+        for b in &bins {
+            let dst = root.join("usr/bin").join(b.name);
+            install_kube_binary(b, &dst).unwrap();
+            let m = fs::symlink_metadata(&dst).unwrap();
+            assert!(m.is_file(), "{}: not a regular file", dst.display());
+            assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+            assert_eq!(fs::read(&dst).unwrap(), fs::read(&b.source).unwrap());
+        }
+        // The source changed after the build read it: the stage fails, naming the file.
+        fs::write(dir.join("kubelet"), "#!/bin/sh\necho replaced\n").unwrap();
+        let err = install_kube_binary(&bins[1], &root.join("usr/bin/kubelet")).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("kube/kubelet changed while the build ran"), "{err}");
+        assert!(err.contains(&bins[1].sha256), "{err}");
+    }
+
+    #[test]
+    fn bad_kube_bin_dirs_name_the_flag_and_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let err = |dir: &Path| format!("{:#}", read_kube_bin(dir).unwrap_err());
+        let e = err(&t.path().join("no-such-dir"));
+        assert!(e.starts_with("--kube-bin ") && e.contains("no-such-dir"), "{e}");
+        fs::write(t.path().join("a-file"), "x").unwrap();
+        assert!(err(&t.path().join("a-file")).ends_with("a-file: not a directory"));
+        let dir = kube_dir(t.path());
+        fs::set_permissions(dir.join("kubeadm"), fs::Permissions::from_mode(0o644)).unwrap();
+        let e = err(&dir);
+        assert!(e.contains("kubeadm is not executable (mode 644)"), "{e}");
+        fs::remove_file(dir.join("kubeadm")).unwrap();
+        fs::create_dir(dir.join("kubeadm")).unwrap();
+        assert!(err(&dir).contains("kubeadm is not a regular file"));
+        fs::remove_dir(dir.join("kubeadm")).unwrap();
+        let e = err(&dir);
+        assert!(e.contains("--kube-bin") && e.contains("kubeadm is missing"), "{e}");
+        // A dangling symlink is a missing binary, not a panic or an empty file.
+        fs::write(dir.join("kubeadm"), "x").unwrap();
+        fs::set_permissions(dir.join("kubeadm"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_file(t.path().join("elsewhere/kubectl.real")).unwrap();
+        assert!(err(&dir).contains("kubectl is missing"));
     }
 }

@@ -180,6 +180,21 @@ fn du(path: &Path) -> u64 {
     }
 }
 
+/// The report's `image.kube_bin`: each installed binary with the size and SHA-256 read when
+/// the build started (the install checked the copy against them).
+fn kube_bin_report(bins: &[customize::KubeBinary]) -> serde_json::Value {
+    bins.iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name,
+                "path": format!("/usr/bin/{}", b.name),
+                "bytes": b.bytes,
+                "sha256": b.sha256,
+            })
+        })
+        .collect()
+}
+
 /// Runs a build; writes the outputs and `PROFILE.build.json` into `opts.out`.
 pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let started = Instant::now();
@@ -199,10 +214,12 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     {
         bail!("--rebuild {bad}: stages are rootfs, customize, disk, outputs");
     }
-    // A bad --kube-bin fails now, not after a minute of mmdebstrap.
-    if let Some(k) = &opts.kube_bin {
-        customize::check_kube_bin(k)?;
-    }
+    // A bad --kube-bin fails now, not after a minute of mmdebstrap. Each binary is read once
+    // here: its digest keys the customize stage and goes into the report.
+    let kube_bin = match &opts.kube_bin {
+        Some(k) => customize::read_kube_bin(k)?,
+        None => Vec::new(),
+    };
     let hit = |e: &Entry, stage: &str| {
         !opts.no_cache && !opts.rebuild.iter().any(|r| r == stage) && e.is_complete()
     };
@@ -224,7 +241,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let inputs = customize::Inputs {
         agent_bin: opts.agent_bin.clone(),
         agent_units: opts.agent_units.clone(),
-        kube_bin: opts.kube_bin.clone(),
+        kube_bin: kube_bin.clone(),
         epoch,
     };
     let mut ck = Key::new("customize");
@@ -244,8 +261,10 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     if let Some(u) = opts.agent_units.as_ref().filter(|u| u.is_dir()) {
         ck.dir("agent-units", u)?;
     }
-    if let Some(k) = &opts.kube_bin {
-        ck.dir("kube-bin", k)?;
+    // What is installed: the three binaries' content (a symlink's target, not its name),
+    // not whatever else DIR holds.
+    for b in &kube_bin {
+        ck.str("kube-bin", b.name).str("sha256", &b.sha256);
     }
     let custom_key = ck.finish();
     let custom = Entry::new(&opts.cache, "customize", custom_key.clone());
@@ -409,22 +428,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             "modules_kept": c.modules_kept,
             "modules_total": c.modules_total,
             "initramfs": c.initramfs,
-            "kube_bin": match &opts.kube_bin {
-                None => serde_json::Value::Null,
-                Some(k) => customize::KUBE_BINARIES
-                    .iter()
-                    .map(|n| {
-                        let p = k.join(n);
-                        Ok(serde_json::json!({
-                            "name": n,
-                            "path": format!("/usr/bin/{n}"),
-                            "bytes": fs::metadata(&p)?.len(),
-                            "sha256": cache::file_sha256(&p)?,
-                        }))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?
-                    .into(),
-            },
+            "kube_bin": opts.kube_bin.as_ref().map(|_| kube_bin_report(&kube_bin)),
             "root_bytes": du(&c.root),
             "disk_bytes": prof.disk.size_mib * 1024 * 1024,
             "ids": ids,
@@ -438,4 +442,33 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     json.push(b'\n');
     fs::write(&report_path, json).with_context(|| format!("writing {}", report_path.display()))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn kube_bin_report_lists_what_was_read() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("kube");
+        fs::create_dir(&dir).unwrap();
+        for name in customize::KUBE_BINARIES {
+            fs::write(dir.join(name), format!("#!/bin/sh\necho {name}\n")).unwrap();
+            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let r = kube_bin_report(&customize::read_kube_bin(&dir).unwrap());
+        let list = r.as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        for (entry, name) in list.iter().zip(customize::KUBE_BINARIES) {
+            let src = dir.join(name);
+            let sum = exec::output(std::process::Command::new("sha256sum").arg(&src)).unwrap();
+            assert_eq!(entry["name"], name);
+            assert_eq!(entry["path"], format!("/usr/bin/{name}"));
+            assert_eq!(entry["bytes"], fs::metadata(&src).unwrap().len());
+            assert_eq!(entry["sha256"].as_str(), sum.split_whitespace().next(), "{entry}");
+        }
+    }
 }
