@@ -3,10 +3,12 @@
 //! with, the code of a failed step), 0 for `--help` and `--version`, and the codes of each
 //! command that no other test pins.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::BIN;
 
 /// Runs the agent with `args`; returns its exit code, stdout and stderr.
 fn agent<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {

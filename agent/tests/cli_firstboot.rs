@@ -3,15 +3,13 @@
 //! --json`, the files, a second run that changes nothing, and a new instance-id that re-runs
 //! the per-instance steps.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
-use base64::Engine as _;
-
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::{assert_exit, step};
 
 const OVF_ENV: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"
@@ -90,84 +88,46 @@ runcmd:
 "#;
 
 fn gzb64(text: &str) -> String {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(text.as_bytes()).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(e.finish().unwrap())
+    common::b64(&common::gzip(text.as_bytes(), flate2::Compression::default()))
 }
 
 fn setup(dir: &Path, instance: &str) {
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nadm:x:4:\nsudo:x:27:\n").unwrap();
-    std::fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    common::minimal_root(&dir.join("root"));
     std::fs::write(dir.join("ovf-env.xml"), OVF_ENV).unwrap();
     write_guestinfo(dir, instance);
 }
 
 fn write_guestinfo(dir: &Path, instance: &str) {
-    let gi = dir.join("gi");
-    std::fs::create_dir_all(&gi).unwrap();
-    std::fs::write(gi.join("guestinfo.metadata"), gzb64(&metadata(instance))).unwrap();
-    std::fs::write(gi.join("guestinfo.metadata.encoding"), "gzip+base64").unwrap();
-    // The second spelling of the file name: without the `guestinfo.` prefix.
-    std::fs::write(gi.join("userdata"), gzb64(USERDATA)).unwrap();
-    std::fs::write(gi.join("userdata.encoding"), "gz+b64\n").unwrap();
+    common::write_guestinfo(
+        &dir.join("gi"),
+        &[
+            ("guestinfo.metadata", &gzb64(&metadata(instance))),
+            ("guestinfo.metadata.encoding", "gzip+base64"),
+            // The second spelling of the file name: without the `guestinfo.` prefix.
+            ("userdata", &gzb64(USERDATA)),
+            ("userdata.encoding", "gz+b64\n"),
+        ],
+    );
 }
 
 fn firstboot(dir: &Path) -> std::process::Output {
-    Command::new(BIN)
-        .arg("firstboot")
-        .arg("--root")
-        .arg(dir.join("root"))
+    common::firstboot(&dir.join("root"), &dir.join("gi"))
         .arg("--ovf-env")
         .arg(dir.join("ovf-env.xml"))
-        .arg("--guestinfo-dir")
-        .arg(dir.join("gi"))
         .env("CAPSTAN_LOG", "info")
         .output()
         .expect("run capstan-agent")
 }
 
 fn status(dir: &Path) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--root"])
-        .arg(dir.join("root"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    common::status_json_ok(&dir.join("root"))
 }
 
 /// Every file under the root except the agent's own state, with mode and content.
 fn snapshot(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if rel.starts_with("var/lib/capstan") {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            if md.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(rel, (md.permissions().mode(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
-}
-
-fn step<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name} in {st:#}"))
+    let mut files = common::snapshot(root);
+    files.retain(|rel, _| !rel.starts_with("var/lib/capstan"));
+    files
 }
 
 fn read(dir: &Path, p: &str) -> String {
@@ -242,7 +202,7 @@ fn firstboot_end_to_end_is_idempotent_and_reruns_for_a_new_instance() {
     // Second run: nothing changes.
     let before = snapshot(&dir.join("root"));
     let out = firstboot(dir);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_exit(&out, 0);
     let after = snapshot(&dir.join("root"));
     assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
     for (k, v) in &before {
@@ -255,7 +215,7 @@ fn firstboot_end_to_end_is_idempotent_and_reruns_for_a_new_instance() {
     // A clone: new instance-id → per-instance steps run again (new machine-id).
     write_guestinfo(dir, "capv-md-0-clone2");
     let out = firstboot(dir);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_exit(&out, 0);
     let st = status(dir);
     assert_eq!(st["instance_id"], "capv-md-0-clone2");
     assert_eq!(st["new_instance"], true);
@@ -269,16 +229,9 @@ fn scrub_overwrites_consumed_userdata_in_a_guestinfo_dir() {
     let dir = t.path();
     setup(dir, "scrub-1");
     std::fs::write(dir.join("gi/guestinfo.capstan.lb.vrrp.secret"), "s3cret").unwrap();
-    let out = Command::new(BIN)
-        .arg("firstboot")
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--guestinfo-dir")
-        .arg(dir.join("gi"))
-        .arg("--scrub")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        common::firstboot(&dir.join("root"), &dir.join("gi")).arg("--scrub").output().unwrap();
+    assert_exit(&out, 0);
     assert_eq!(std::fs::read_to_string(dir.join("gi/userdata")).unwrap(), "---");
     assert_eq!(std::fs::read_to_string(dir.join("gi/userdata.encoding")).unwrap(), "");
     // The short status is published for vCenter/govc.
@@ -288,7 +241,7 @@ fn scrub_overwrites_consumed_userdata_in_a_guestinfo_dir() {
     assert!(std::fs::read_to_string(dir.join("gi/guestinfo.metadata")).unwrap().len() > 50);
     // A second boot without user-data changes nothing and keeps the instance.
     let out = firstboot(dir);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_exit(&out, 0);
     let st = status(dir);
     assert_eq!(st["new_instance"], false);
     // The scrubbed secret was kept (0600) for later boots of the same instance.

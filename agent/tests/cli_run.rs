@@ -2,6 +2,8 @@
 //! guestinfo (an instant clone) re-runs first boot, capabilities beyond the kept set are gone
 //! (effective and bounding), and SIGTERM stops it cleanly.
 
+mod common;
+
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -9,8 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use capstan_agent::daemon::KEPT_CAPS;
-
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::BIN;
 
 /// Kills the daemon by pid if the test fails before stopping it.
 struct Daemon(Child);
@@ -22,8 +23,8 @@ impl Drop for Daemon {
 }
 
 fn metadata(dir: &Path, id: &str) {
-    std::fs::write(dir.join("gi/metadata"), format!("instance-id: {id}\nlocal-hostname: {id}\n"))
-        .unwrap();
+    let metadata = format!("instance-id: {id}\nlocal-hostname: {id}\n");
+    common::write_guestinfo(&dir.join("gi"), &[("metadata", &metadata)]);
 }
 
 fn query(sock: &Path) -> Option<serde_json::Value> {
@@ -65,7 +66,6 @@ fn cap_mask(line: &str, status: &str) -> u64 {
 fn run_serves_status_reruns_on_new_instance_and_drops_capabilities() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    std::fs::create_dir_all(dir.join("gi")).unwrap();
     std::fs::create_dir_all(dir.join("root/etc")).unwrap();
     metadata(dir, "clone-a");
     let sock = dir.join("agent.sock");

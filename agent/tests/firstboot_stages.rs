@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::{assert_exit, step, BIN};
 
 fn metadata(instance: &str) -> String {
     format!("instance-id: {instance}\nlocal-hostname: stage-node\n")
@@ -31,26 +31,17 @@ runcmd:
 "#;
 
 fn setup(dir: &Path, instance: &str, userdata: &str) {
-    let etc = dir.join("root/etc");
-    if !etc.join("passwd").exists() {
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-        std::fs::write(etc.join("group"), "root:x:0:\nadm:x:4:\nsudo:x:27:\n").unwrap();
-        std::fs::write(etc.join("shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    if !dir.join("root/etc/passwd").exists() {
+        common::minimal_root(&dir.join("root"));
     }
-    let gi = dir.join("gi");
-    std::fs::create_dir_all(&gi).unwrap();
-    std::fs::write(gi.join("metadata"), metadata(instance)).unwrap();
-    std::fs::write(gi.join("userdata"), userdata).unwrap();
+    common::write_guestinfo(
+        &dir.join("gi"),
+        &[("metadata", &metadata(instance)), ("userdata", userdata)],
+    );
 }
 
 fn firstboot(dir: &Path, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("firstboot")
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--guestinfo-dir")
-        .arg(dir.join("gi"))
+    common::firstboot(&dir.join("root"), &dir.join("gi"))
         .arg("--run-commands")
         .args(extra)
         .env("CAPSTAN_LOG", "warn")
@@ -58,27 +49,8 @@ fn firstboot(dir: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 fn status(dir: &Path) -> serde_json::Value {
-    let o = Command::new(BIN)
-        .args(["status", "--json", "--root"])
-        .arg(dir.join("root"))
-        .output()
-        .unwrap();
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)))
-}
-
-fn step<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name} in {st:#}"))
+    common::status_json(&dir.join("root"))
 }
 
 fn stages(st: &serde_json::Value) -> Vec<String> {
@@ -103,7 +75,7 @@ fn early_leaves_runcmd_pending_and_final_runs_it_once() {
     setup(dir, "iid-stage-1", USERDATA);
 
     // Early, live-like: consumed user-data is scrubbed from guestinfo at the end.
-    ok(&firstboot(dir, &["--stage", "early", "--scrub"]));
+    assert_exit(&firstboot(dir, &["--stage", "early", "--scrub"]), 0);
     assert_eq!(std::fs::read_to_string(dir.join("gi/userdata")).unwrap(), "---");
     let st = status(dir);
     assert_eq!(stages(&st), ["early"]);
@@ -126,7 +98,7 @@ fn early_leaves_runcmd_pending_and_final_runs_it_once() {
     assert!(human.lines().any(|l| l.starts_with("stages") && l.contains("early ok")), "{human}");
 
     // Final: from the kept plan (the user-data is gone from guestinfo by now).
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 1);
     assert_eq!(std::fs::read_to_string(dir.join("root/etc/deferred.conf")).unwrap(), "deferred");
     let st = status(dir);
@@ -151,7 +123,7 @@ fn early_leaves_runcmd_pending_and_final_runs_it_once() {
 
     // Final again: runcmd does not run twice, no file changes.
     let before = snapshot(&dir.join("root"));
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 1, "runcmd ran twice for one instance");
     assert_eq!(snapshot(&dir.join("root")), before);
     let st = status(dir);
@@ -159,8 +131,8 @@ fn early_leaves_runcmd_pending_and_final_runs_it_once() {
     assert_eq!(stages(&st), ["early", "final", "final"]);
 
     // A reboot of the same instance: early then final again, still one run, nothing changed.
-    ok(&firstboot(dir, &["--stage", "early"]));
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "early"]), 0);
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 1);
     let after = snapshot(&dir.join("root"));
     let changed: Vec<&String> = after.keys().filter(|k| after.get(*k) != before.get(*k)).collect();
@@ -170,9 +142,9 @@ fn early_leaves_runcmd_pending_and_final_runs_it_once() {
 
     // A new instance-id (a clone, with fresh user-data) runs both stages again.
     setup(dir, "iid-stage-2", USERDATA);
-    ok(&firstboot(dir, &["--stage", "early"]));
+    assert_exit(&firstboot(dir, &["--stage", "early"]), 0);
     assert_eq!(runs(dir), 1, "early stage of the new instance ran runcmd");
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 2);
     let st = status(dir);
     assert_eq!(st["instance_id"], "iid-stage-2");
@@ -187,7 +159,7 @@ fn without_a_stage_flag_every_step_runs() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     setup(dir, "iid-all", USERDATA);
-    ok(&firstboot(dir, &[]));
+    assert_exit(&firstboot(dir, &[]), 0);
     assert_eq!(runs(dir), 1);
     let st = status(dir);
     assert_eq!(stages(&st), ["all"]);
@@ -197,7 +169,7 @@ fn without_a_stage_flag_every_step_runs() {
     // --root: the wait for a routable address is not a live effect here.
     assert_eq!(step(&st, "network-online")["status"], "skipped");
     // Again: nothing runs twice.
-    ok(&firstboot(dir, &[]));
+    assert_exit(&firstboot(dir, &[]), 0);
     assert_eq!(runs(dir), 1);
 }
 
@@ -206,7 +178,7 @@ fn final_without_an_early_record_runs_every_step() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     setup(dir, "iid-no-early", USERDATA);
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 1);
     let st = status(dir);
     assert_eq!(stages(&st), ["all"], "{st:#}");
@@ -218,7 +190,7 @@ fn final_without_an_early_record_runs_every_step() {
     // Early ran for another instance (the template's, say): the final stage of this clone
     // must not run its commands on the old identity; it runs everything for the new one.
     setup(dir, "iid-other", USERDATA);
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 2);
     let st = status(dir);
     assert_eq!(st["instance_id"], "iid-other");
@@ -241,7 +213,7 @@ fn final_runs_after_a_failed_early_stage_and_the_record_stays_failed() {
 
     // As cloud-final after a failed init module: the final steps still run; its exit code is
     // about its own steps; the merged record keeps the early failure.
-    ok(&firstboot(dir, &["--stage", "final"]));
+    assert_exit(&firstboot(dir, &["--stage", "final"]), 0);
     assert_eq!(runs(dir), 1);
     let st = status(dir);
     assert_eq!(stages(&st), ["early", "final"]);

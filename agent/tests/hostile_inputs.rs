@@ -2,13 +2,11 @@
 //! source and the key, the affected step fails or is skipped, nothing is half-applied, and the
 //! agent never panics (exit 0 or 2, never 101).
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use base64::Engine as _;
-
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::{b64, step};
 
 struct Case {
     _tmp: tempfile::TempDir,
@@ -19,12 +17,8 @@ impl Case {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let root = dir.join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nsudo:x:27:\nadm:x:4:\n").unwrap();
-        std::fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
-        std::fs::create_dir_all(dir.join("gi")).unwrap();
+        common::minimal_root(&dir.join("root"));
+        common::write_guestinfo(&dir.join("gi"), &[]);
         Case { _tmp: tmp, dir }
     }
 
@@ -40,12 +34,7 @@ impl Case {
 
     /// Runs firstboot; returns (exit code, stderr, status JSON).
     fn run(&self) -> (i32, String, serde_json::Value) {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("firstboot")
-            .arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--guestinfo-dir")
-            .arg(self.dir.join("gi"));
+        let mut cmd = common::firstboot(&self.dir.join("root"), &self.dir.join("gi"));
         if self.dir.join("ovf-env.xml").exists() {
             cmd.arg("--ovf-env").arg(self.dir.join("ovf-env.xml"));
         }
@@ -53,15 +42,7 @@ impl Case {
         let code = out.status.code().expect("exited, not killed by a signal");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(code == 0 || code == 2, "exit {code} (a panic is 101):\n{stderr}");
-        let st = Command::new(BIN)
-            .args(["status", "--json", "--root"])
-            .arg(self.dir.join("root"))
-            .output()
-            .unwrap();
-        let json = serde_json::from_slice(&st.stdout).unwrap_or_else(|e| {
-            panic!("status --json: {e}: {}", String::from_utf8_lossy(&st.stderr))
-        });
-        (code, stderr, json)
+        (code, stderr, common::status_json(&self.dir.join("root")))
     }
 
     fn exists(&self, p: &str) -> bool {
@@ -76,16 +57,6 @@ impl Case {
     }
 }
 
-fn step(st: &serde_json::Value, name: &str) -> serde_json::Value {
-    st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no step {name}: {st:#}"))
-}
-
 /// The step failed and its error contains every fragment.
 fn failed_with(st: &serde_json::Value, name: &str, fragments: &[&str]) {
     let s = step(st, name);
@@ -96,14 +67,8 @@ fn failed_with(st: &serde_json::Value, name: &str, fragments: &[&str]) {
     }
 }
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
 fn gz(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
+    common::gzip(b, flate2::Compression::best())
 }
 
 const META: &str = "instance-id: hostile-1\nlocal-hostname: node-1\nnetwork:\n  version: 2\n  ethernets:\n    id0:\n      match:\n        macaddress: '00:50:56:00:00:01'\n      dhcp4: true\n";

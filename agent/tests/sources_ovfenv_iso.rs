@@ -2,12 +2,13 @@
 //! (as vSphere and `capstan lab` deliver it): read without mounting, found by label among
 //! `/dev/sr*`, and used by `firstboot --ovf-env IMAGE`.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use capstan_agent::sources::{find_ovf_cdrom, iso9660, read_ovf_env_cdrom};
-
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::BIN;
 
 const ENV: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">
@@ -84,8 +85,7 @@ fn firstboot_takes_an_iso_image_as_ovf_env() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "iso-node\n");
-    let st = Command::new(BIN).args(["status", "--json", "--root"]).arg(&root).output().unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = common::status_json(&root);
     assert_eq!(st["instance_id"], "iso-1");
     assert_eq!(st["instance_id_origin"]["source"], "ovf-env");
     assert_eq!(st["sources"][0]["location"], iso.display().to_string());

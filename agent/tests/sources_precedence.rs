@@ -3,6 +3,8 @@
 //! metadata's netplan whole, unless a higher source sets `net.*`); `user-data` through a vApp
 //! property; and a corrupt state file that does not stop first boot.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -10,7 +12,7 @@ use capstan_agent::guestinfo::DirGuestinfo;
 use capstan_agent::schema::NetworkSource;
 use capstan_agent::sources::{gather_with, SourceOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::BIN;
 
 fn env(props: &[(&str, &str)]) -> String {
     let p: String =
@@ -52,8 +54,7 @@ fn firstboot_ok(l: &Layout) {
 
 /// `capstan-agent status --json --root`, parsed.
 fn status_json(l: &Layout) -> serde_json::Value {
-    let st = Command::new(BIN).args(["status", "--json", "--root"]).arg(&l.root).output().unwrap();
-    serde_json::from_slice(&st.stdout).unwrap()
+    common::status_json(&l.root)
 }
 
 fn gather(l: &Layout) -> capstan_agent::sources::Gathered {

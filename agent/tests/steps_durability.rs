@@ -11,9 +11,7 @@ use std::process::Command;
 
 use capstan_agent::root::Root;
 use capstan_agent::steps::{self, Mode, PerInstance, Plan, StepStatus, User};
-use common::snapshot;
-
-const BIN: &str = env!("CARGO_BIN_EXE_capstan-agent");
+use common::{snapshot, BIN};
 
 const METADATA: &str = r#"instance-id: "vm-durable-1"
 local-hostname: "md-0-durable"
@@ -152,9 +150,7 @@ fn traced_firstboot(root: &Path, gi: &Path) -> Vec<String> {
 fn the_record_is_written_last_after_one_sync_and_a_rerun_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let gi = work.path().join("gi");
-    std::fs::create_dir_all(&gi).unwrap();
-    std::fs::write(gi.join("metadata"), METADATA).unwrap();
-    std::fs::write(gi.join("userdata"), USERDATA).unwrap();
+    common::write_guestinfo(&gi, &[("metadata", METADATA), ("userdata", USERDATA)]);
     let root = work.path().join("root");
     skeleton_in(&root);
 
