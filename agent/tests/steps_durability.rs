@@ -65,7 +65,8 @@ fn skeleton() -> tempfile::TempDir {
     t
 }
 
-/// Every file under `dir`: content and mode (temp files included, so a leftover shows).
+/// A step that fails after staging its files leaves every file as it was (temp files
+/// included in the comparison, so a leftover shows).
 #[test]
 fn a_failed_step_changes_no_file() {
     let t = skeleton();
