@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Build an appliance template (OVA, qcow2, raw) from a buildroot profile.
     Build(cmd::build::BuildArgs),
+    /// List and prune the stage cache `capstan build` keeps (it never evicts by itself).
+    #[command(subcommand)]
+    Cache(cmd::cache::CacheCommand),
     /// Work with built images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => cmd::build::run(a),
+        Command::Cache(c) => cmd::cache::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Lab(c) => cmd::lab::run(c),
         Command::Ovf(c) => cmd::ovf::run(c),

@@ -1,13 +1,24 @@
 //! The stage cache: every stage's output lives under a directory named by a digest of
 //! everything that went into it (the previous stage's key included), with a completion
 //! marker written last, so an interrupted stage is never mistaken for a finished one.
+//!
+//! Each entry also holds `.last-used`, whose mtime is the last time a build made or reused
+//! it: that is what `capstan cache prune` keeps the newest of ([`inventory`]). Builds hold a
+//! shared lock on `CACHE/.lock` while they run; prune takes it exclusively, so it never
+//! removes an entry a build is reading or writing.
+
+pub mod inventory;
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest as _, Sha256};
 
 /// Where cached stages live: `$CAPSTAN_CACHE`, else `$XDG_CACHE_HOME/capstan`, else
@@ -139,7 +150,12 @@ pub struct Entry {
     pub key: String,
 }
 
-const MARKER: &str = ".complete";
+/// Written last into a finished entry; holds the full key.
+pub const MARKER: &str = ".complete";
+/// Its mtime is when a build last made or reused the entry.
+pub const LAST_USED: &str = ".last-used";
+/// The lock builds hold shared and prune exclusively.
+pub const LOCK: &str = ".lock";
 
 impl Entry {
     /// The entry for `stage` with `key` under `cache`.
@@ -161,10 +177,70 @@ impl Entry {
         fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))
     }
 
-    /// Marks the output finished.
+    /// Marks the output finished (and used now).
     pub fn commit(&self) -> anyhow::Result<()> {
         fs::write(self.dir.join(MARKER), &self.key)
-            .with_context(|| format!("writing marker in {}", self.dir.display()))
+            .with_context(|| format!("writing marker in {}", self.dir.display()))?;
+        self.mark_used()
+    }
+
+    /// Records that a build used the entry now (the mtime of `.last-used`, created if an
+    /// older builder made the entry): a cache hit counts as much as a fresh build for
+    /// `capstan cache prune`, and file access times (often `noatime`) do not matter.
+    pub fn mark_used(&self) -> anyhow::Result<()> {
+        let path = self.dir.join(LAST_USED);
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.set_modified(SystemTime::now())
+            .with_context(|| format!("setting the time of {}", path.display()))
+    }
+}
+
+/// A lock on the cache directory, released when dropped.
+#[derive(Debug)]
+pub struct CacheLock {
+    _lock: Flock<fs::File>,
+}
+
+fn lock_file(cache: &Path) -> anyhow::Result<fs::File> {
+    let path = cache.join(LOCK);
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the cache lock {}", path.display()))
+}
+
+/// Taken by a build for its whole run (any number of builds share it); waits while
+/// `capstan cache prune` removes entries.
+pub fn lock_shared(cache: &Path) -> anyhow::Result<CacheLock> {
+    let file = match Flock::lock(lock_file(cache)?, FlockArg::LockSharedNonblock) {
+        Ok(lock) => return Ok(CacheLock { _lock: lock }),
+        Err((file, Errno::EWOULDBLOCK)) => {
+            eprintln!("capstan build: waiting for capstan cache prune on {}", cache.display());
+            file
+        }
+        Err((_, e)) => bail!("locking the cache {}: {e}", cache.display()),
+    };
+    let lock = Flock::lock(file, FlockArg::LockShared)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the cache {}: {e}", cache.display()))?;
+    Ok(CacheLock { _lock: lock })
+}
+
+/// Taken by `capstan cache prune`: fails at once while a build holds the cache.
+pub fn lock_exclusive(cache: &Path) -> anyhow::Result<CacheLock> {
+    match Flock::lock(lock_file(cache)?, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(CacheLock { _lock: lock }),
+        Err((_, Errno::EWOULDBLOCK)) => bail!(
+            "{}: a capstan build is using the cache; prune when it has finished",
+            cache.display()
+        ),
+        Err((_, e)) => bail!("locking the cache {}: {e}", cache.display()),
     }
 }
 
@@ -202,5 +278,43 @@ mod tests {
         assert!(!e.is_complete());
         e.commit().unwrap();
         assert!(e.is_complete());
+    }
+
+    #[test]
+    fn builds_share_the_lock_and_prune_waits_for_none() {
+        let t = tempfile::tempdir().unwrap();
+        let a = lock_shared(t.path()).unwrap();
+        let b = lock_shared(t.path()).unwrap();
+        let err = lock_exclusive(t.path()).unwrap_err().to_string();
+        assert!(err.contains("a capstan build is using the cache"), "{err}");
+        drop(a);
+        assert!(lock_exclusive(t.path()).is_err(), "one build still holds it");
+        drop(b);
+        let p = lock_exclusive(t.path()).unwrap();
+        assert!(lock_exclusive(t.path()).is_err());
+        drop(p);
+        lock_exclusive(t.path()).unwrap();
+    }
+
+    #[test]
+    fn commit_and_hits_set_last_used() {
+        let t = tempfile::tempdir().unwrap();
+        let e = Entry::new(t.path(), "disk", "cd".repeat(32));
+        e.begin().unwrap();
+        assert!(!e.dir.join(LAST_USED).exists());
+        e.commit().unwrap();
+        let used = || fs::metadata(e.dir.join(LAST_USED)).unwrap().modified().unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(86_400);
+        fs::File::options()
+            .write(true)
+            .open(e.dir.join(LAST_USED))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(used(), old);
+        e.mark_used().unwrap();
+        assert!(used() > old + std::time::Duration::from_secs(86_000));
+        // The marker is still the key: marking used does not touch it.
+        assert_eq!(fs::read_to_string(e.dir.join(MARKER)).unwrap(), "cd".repeat(32));
     }
 }

@@ -205,6 +205,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         .with_context(|| format!("creating output directory {}", opts.out.display()))?;
     fs::create_dir_all(&opts.cache)
         .with_context(|| format!("creating cache directory {}", opts.cache.display()))?;
+    // Held to the end: `capstan cache prune` never removes what this build reads or writes.
+    let _cache_lock = cache::lock_shared(&opts.cache)?;
     let mut stages = Vec::new();
     let mut warnings = Vec::new();
     if let Some(bad) = opts
@@ -229,7 +231,9 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let rootfs = Entry::new(&opts.cache, "rootfs", rootfs_key.clone());
     let st = Stage::start("rootfs", "mmdebstrap");
     let cached = hit(&rootfs, "rootfs");
-    if !cached {
+    if cached {
+        rootfs.mark_used()?;
+    } else {
         rootfs.begin()?;
         rootfs::run(prof, epoch, &rootfs.dir, &|l| st.msg(l))?;
         rootfs.commit()?;
@@ -271,7 +275,9 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let st = Stage::start("customize", "overlay, agent, units, prune, seal");
     let cached = hit(&custom, "customize");
     let meta_path = custom.dir.join("customized.json");
-    if !cached {
+    if cached {
+        custom.mark_used()?;
+    } else {
         custom.begin()?;
         let c = customize::run(&p, &inputs, &rootfs_tar, &custom.dir)?;
         st.msg("sealing");
@@ -310,7 +316,9 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let ids = disk::DiskIds::derive(&disk_key);
     let st = Stage::start("disk", "GPT, ESP, ext4");
     let cached = hit(&disk_entry, "disk");
-    if !cached {
+    if cached {
+        disk_entry.mark_used()?;
+    } else {
         disk_entry.begin()?;
         let title = format!("{} {}", prof.ovf.product, prof.version);
         disk::run(
@@ -346,7 +354,9 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             .formats
             .iter()
             .all(|f| out_entry.dir.join(format!("{}.{}", prof.name, f.ext())).is_file());
-    if !cached {
+    if cached {
+        out_entry.mark_used()?;
+    } else {
         if !out_entry.is_complete() || fresh_outputs {
             out_entry.begin()?;
         }

@@ -1,5 +1,6 @@
 //! One module per subcommand group; each owns its clap arguments and its `run`.
 pub mod build;
+pub mod cache;
 pub mod image;
 pub mod inspect;
 pub mod lab;
