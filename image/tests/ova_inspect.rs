@@ -95,15 +95,7 @@ fn inspects_an_ova() {
     std::fs::write(&ovf, descriptor()).unwrap();
     std::fs::write(dir.path().join("node-disk1.vmdk"), vec![7u8; 4096]).unwrap();
     let ova = dir.path().join("node.ova");
-    let out = capstan(&[
-        "ova".as_ref(),
-        "pack".as_ref(),
-        "--ovf".as_ref(),
-        ovf.as_os_str(),
-        "-o".as_ref(),
-        ova.as_os_str(),
-    ]);
-    assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
+    pack(&ovf, &ova);
     let out = capstan(&["ova".as_ref(), "inspect".as_ref(), "--json".as_ref(), ova.as_os_str()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -142,6 +134,12 @@ fn write_pair(
     std::fs::write(&ovf, xml).unwrap();
     std::fs::write(dir.join("vm-disk1.vmdk"), vec![7u8; 4096]).unwrap();
     let ova = dir.join(format!("{name}.ova"));
+    pack(&ovf, &ova);
+    (ovf, ova)
+}
+
+/// `capstan ova pack --ovf OVF -o OVA`, which must succeed.
+fn pack(ovf: &std::path::Path, ova: &std::path::Path) {
     let out = capstan(&[
         "ova".as_ref(),
         "pack".as_ref(),
@@ -151,7 +149,6 @@ fn write_pair(
         ova.as_os_str(),
     ]);
     assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
-    (ovf, ova)
 }
 
 fn vm() -> VmBuilder {
