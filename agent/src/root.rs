@@ -128,6 +128,9 @@ pub struct Root {
     base_dev: u64,
     /// Filesystems written to since the last [`Root::sync`]: device number -> a directory on it.
     dirty: Arc<Mutex<BTreeMap<u64, PathBuf>>>,
+    /// Per device: does a rename that replaces a file wait for the new file's data there
+    /// (see [`renames_order_data`])? Asked once per filesystem.
+    orders_renames: Arc<Mutex<HashMap<u64, bool>>>,
     /// Open stagings, one per thread (see [`Root::stage`]): a clone of this handle used by
     /// another thread at the same time writes directly, not into this thread's staging.
     stage: Arc<Mutex<HashMap<ThreadId, Stage>>>,
@@ -244,6 +247,39 @@ fn start_writeback(f: &File) {
     };
 }
 
+/// True when the filesystem on device `dev` itself makes a rename that replaces a file wait
+/// for the new file's data: ext4 with a journal in `data=ordered` (its default) or
+/// `data=journal` mode, with `auto_da_alloc` (also its default). There, a rename over an
+/// existing file allocates and orders the new file's blocks so that the journal commit holding
+/// the rename comes after its data (ext4(5), `auto_da_alloc`: the fix for replace-via-rename
+/// losing data). The sync before such renames is then not needed: a crash still leaves the
+/// old content or the new, whole. Anything else, or anything unknown (no journal, another
+/// filesystem, `/proc/fs/ext4` unreadable), gets the sync.
+fn renames_order_data(dev: u64) -> bool {
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let Ok(link) = fs::read_link(format!("/sys/dev/block/{major}:{minor}")) else {
+        return false;
+    };
+    let Some(name) = link.file_name() else { return false };
+    let path = Path::new("/proc/fs/ext4").join(name).join("options");
+    fs::read_to_string(path).is_ok_and(|opts| ext4_options_order_renames(&opts))
+}
+
+/// [`renames_order_data`] for the text of `/proc/fs/ext4/<device>/options` (one option a line;
+/// `data=` only appears when the filesystem has a journal).
+fn ext4_options_order_renames(options: &str) -> bool {
+    let (mut ordered, mut auto_da_alloc) = (false, false);
+    for o in options.lines().map(str::trim) {
+        match o {
+            "data=ordered" | "data=journal" => ordered = true,
+            "auto_da_alloc" => auto_da_alloc = true,
+            "noauto_da_alloc" | "data=writeback" => return false,
+            _ => {}
+        }
+    }
+    ordered && auto_da_alloc
+}
+
 /// True when a file or directory created with `mode` does not end up with exactly `mode`: the
 /// umask cuts some of its bits, or it has setuid/setgid/sticky bits (which creation and a
 /// later chown drop).
@@ -271,7 +307,13 @@ impl Root {
                 why: "root is not a directory",
             });
         }
-        Ok(Root { base, base_dev: m.dev(), dirty: Arc::default(), stage: Arc::default() })
+        Ok(Root {
+            base,
+            base_dev: m.dev(),
+            dirty: Arc::default(),
+            orders_renames: Arc::default(),
+            stage: Arc::default(),
+        })
     }
 
     /// The host directory this root stands for.
@@ -878,7 +920,14 @@ impl Root {
             }
         }
         discard(&shadowed);
-        if sync_first || ops.iter().any(|o| o.replacing && o.temp.is_some()) {
+        let unordered_replace = ops.iter().any(|o| {
+            o.replacing
+                && o.temp.is_some()
+                && !*lock(&self.orders_renames)
+                    .entry(o.dev)
+                    .or_insert_with(|| renames_order_data(o.dev))
+        });
+        if sync_first || unordered_replace {
             if let Err(e) = self.sync() {
                 discard(&ops);
                 return Err(e);
@@ -1049,6 +1098,24 @@ mod tests {
         assert_eq!(r.resolve_found(Path::new("/etc/x/../f")).unwrap().found, Found::File);
         r.write("/etc/x/y/z", b"z", FileOpts::default()).unwrap();
         assert_eq!(fs::read(b.join("etc/x/y/z")).unwrap(), b"z");
+    }
+
+    #[test]
+    fn only_journalled_ordered_ext4_with_auto_da_alloc_orders_renames() {
+        let journalled = "rw\nbsddf\ndelalloc\nbarrier\nauto_da_alloc\ncommit=5\ndata=ordered\n";
+        assert!(ext4_options_order_renames(journalled));
+        assert!(ext4_options_order_renames(&journalled.replace("ordered", "journal")));
+        assert!(!ext4_options_order_renames(&journalled.replace("ordered", "writeback")));
+        assert!(!ext4_options_order_renames(
+            &journalled.replace("auto_da_alloc", "noauto_da_alloc")
+        ));
+        // no journal: ext4 lists no data= mode
+        assert!(!ext4_options_order_renames("rw\ndelalloc\nauto_da_alloc\n"));
+        assert!(!ext4_options_order_renames(""));
+        // a device that is not ext4 (tmpfs has no /sys/dev/block entry; 0:0 none at all)
+        assert!(!renames_order_data(0));
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert!(!renames_order_data(fs::metadata(t.path()).unwrap().dev()));
     }
 
     #[test]
