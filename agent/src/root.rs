@@ -34,6 +34,8 @@
 //!   related files (`passwd`, `shadow`, `group`, `gshadow`) are renamed together.
 //! - **Outside a staging**, a write that replaces an existing file fsyncs its temp before the
 //!   rename (one commit); a write that creates a file defers its durability.
+//! - Both skip that first sync where the filesystem itself commits a replacing rename only
+//!   after the new data (journalled ext4 in its default modes: see `renames_order_data`).
 //! - [`Root::sync`] makes everything written so far durable: one `syncfs(2)` per filesystem
 //!   written to (a guest `/var` or `/home` may be its own mount). The runner calls it after the
 //!   last step and before the run is recorded in state, so the record never claims a write that
@@ -461,6 +463,11 @@ impl Root {
         Ok(())
     }
 
+    /// [`renames_order_data`] for device `dev`, asked once per device.
+    fn renames_order_data(&self, dev: u64) -> bool {
+        *lock(&self.orders_renames).entry(dev).or_insert_with(|| renames_order_data(dev))
+    }
+
     fn mark_dirty(&self, dev: u64, dir: &Path) {
         lock(&self.dirty).entry(dev).or_insert_with(|| dir.to_path_buf());
     }
@@ -732,7 +739,7 @@ impl Root {
             None => return Ok(target), // staged
         };
         let result = (|| {
-            if found == Found::File {
+            if found == Found::File && !self.renames_order_data(dev) {
                 // replacing: the new content must be on disk before the name points at it
                 f.sync_all().map_err(io_err("fsync", guest))?;
             }
@@ -920,13 +927,8 @@ impl Root {
             }
         }
         discard(&shadowed);
-        let unordered_replace = ops.iter().any(|o| {
-            o.replacing
-                && o.temp.is_some()
-                && !*lock(&self.orders_renames)
-                    .entry(o.dev)
-                    .or_insert_with(|| renames_order_data(o.dev))
-        });
+        let unordered_replace =
+            ops.iter().any(|o| o.replacing && o.temp.is_some() && !self.renames_order_data(o.dev));
         if sync_first || unordered_replace {
             if let Err(e) = self.sync() {
                 discard(&ops);
@@ -972,12 +974,8 @@ impl Staging<'_> {
     /// Applies the staged changes (see [`Root::stage`]) and returns how many there were. On
     /// error the changes not yet applied are discarded. An inner staging applies nothing: its
     /// changes stay staged for the level around it.
-    pub fn commit(mut self) -> Result<usize, RootError> {
-        self.done = true;
-        match self.root.close_stage(true) {
-            Some(ops) => self.root.commit_ops(ops, false),
-            None => Ok(0),
-        }
+    pub fn commit(self) -> Result<usize, RootError> {
+        self.finish(false)
     }
 
     /// [`Staging::commit`], with one [`Root::sync`] before the first rename whatever the
@@ -986,10 +984,14 @@ impl Staging<'_> {
     /// work, which must never survive a crash that the work did not. The renames themselves
     /// become durable with the next sync or the filesystem's own commit. An inner staging
     /// neither syncs nor applies anything.
-    pub fn commit_after_sync(mut self) -> Result<usize, RootError> {
+    pub fn commit_after_sync(self) -> Result<usize, RootError> {
+        self.finish(true)
+    }
+
+    fn finish(mut self, sync_first: bool) -> Result<usize, RootError> {
         self.done = true;
         match self.root.close_stage(true) {
-            Some(ops) => self.root.commit_ops(ops, true),
+            Some(ops) => self.root.commit_ops(ops, sync_first),
             None => Ok(0),
         }
     }
