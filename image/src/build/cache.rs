@@ -188,6 +188,11 @@ impl Entry {
     /// older builder made the entry): a cache hit counts as much as a fresh build for
     /// `capstan cache prune`, and file access times (often `noatime`) do not matter.
     pub fn mark_used(&self) -> anyhow::Result<()> {
+        self.mark_used_at(SystemTime::now())
+    }
+
+    /// [`Entry::mark_used`] at a given time (tests age entries with it).
+    pub(crate) fn mark_used_at(&self, t: SystemTime) -> anyhow::Result<()> {
         let path = self.dir.join(LAST_USED);
         let f = fs::OpenOptions::new()
             .create(true)
@@ -195,8 +200,7 @@ impl Entry {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        f.set_modified(SystemTime::now())
-            .with_context(|| format!("setting the time of {}", path.display()))
+        f.set_modified(t).with_context(|| format!("setting the time of {}", path.display()))
     }
 }
 
@@ -305,12 +309,7 @@ mod tests {
         e.commit().unwrap();
         let used = || fs::metadata(e.dir.join(LAST_USED)).unwrap().modified().unwrap();
         let old = SystemTime::now() - std::time::Duration::from_secs(86_400);
-        fs::File::options()
-            .write(true)
-            .open(e.dir.join(LAST_USED))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        e.mark_used_at(old).unwrap();
         assert_eq!(used(), old);
         e.mark_used().unwrap();
         assert!(used() > old + std::time::Duration::from_secs(86_000));

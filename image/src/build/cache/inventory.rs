@@ -307,13 +307,7 @@ mod tests {
     }
 
     fn set_used(e: &Entry, days_ago: u64) {
-        let t = SystemTime::now() - Duration::from_secs(days_ago * 86_400);
-        fs::File::options()
-            .write(true)
-            .open(e.dir.join(LAST_USED))
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        e.mark_used_at(SystemTime::now() - Duration::from_secs(days_ago * 86_400)).unwrap();
     }
 
     fn names(v: &[CachedStage]) -> Vec<String> {
