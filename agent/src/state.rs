@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::roles::RoleId;
 use crate::root::{FileOpts, Root, RootError};
-use crate::schema::{self, Origin};
-use crate::sources::{Gathered, SourceReport};
-use crate::steps::{StepRecord, StepStatus};
+use crate::schema::{NetworkSource, Origin};
+use crate::steps::{Stage, StepRecord, StepStatus};
 
 /// The state directory, inside the root.
 pub const STATE_DIR: &str = "/var/lib/capstan";
@@ -43,12 +43,6 @@ pub struct SourceRecord {
     pub values: usize,
 }
 
-impl From<&SourceReport> for SourceRecord {
-    fn from(s: &SourceReport) -> Self {
-        Self { name: s.name.clone(), location: s.location.clone(), values: s.values }
-    }
-}
-
 /// The outcome of one `firstboot` (or a re-run by the daemon).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -65,9 +59,9 @@ pub struct Status {
     /// Wall time of the whole run in milliseconds.
     pub duration_ms: u64,
     /// Role.
-    pub role: String,
+    pub role: RoleId,
     /// Where the network configuration came from.
-    pub network_source: String,
+    pub network_source: NetworkSource,
     /// Sources that were present.
     pub sources: Vec<SourceRecord>,
     /// Every resolved setting with its origin (secrets redacted).
@@ -77,27 +71,91 @@ pub struct Status {
     /// Step records, in order.
     pub steps: Vec<StepRecord>,
     /// `ok` when every step is ok or skipped, else `failed`.
-    pub result: String,
+    pub result: RunResult,
     /// Once-per-instance steps that have succeeded for this instance, over all runs.
     #[serde(default)]
     pub done: BTreeSet<String>,
     /// The stages that made this record, in order (`early` then `final`, or `all`).
     #[serde(default)]
     pub stages: Vec<StageRun>,
+    /// Set when the daemon made this record by re-identifying a running clone (its steps are
+    /// in `steps`, each with its duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reidentified: Option<Reidentified>,
+}
+
+/// How a running machine became this instance without a reboot (an instant clone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reidentified {
+    /// The instance it was before (the parent's instance-id).
+    pub previous_instance_id: Option<String>,
+    /// What noticed the change: `uevent` (the kernel's vmgenid event), `frozen-poll` (the
+    /// identity probe of a frozen parent's child) or `poll` (the daemon's normal interval).
+    pub trigger: String,
+    /// Milliseconds from noticing the change to the end of the last step before the
+    /// re-identified line: the machine is the new instance from then on.
+    pub duration_ms: u64,
+    /// Of which: gathering the new instance's sources.
+    pub gather_ms: u64,
+    /// The steps that run after the re-identified line (daemons told over D-Bus of what is
+    /// already true); `pending` in `steps` until they end, then their outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Milliseconds from noticing the change to the end of those steps, once they ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
 }
 
 /// One stage's run, as recorded in [`Status::stages`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageRun {
     /// `early`, `final` or `all`.
-    pub stage: String,
+    pub stage: Stage,
     /// Seconds since the epoch when it started.
     pub started_at: u64,
     /// Its wall time in milliseconds.
     pub duration_ms: u64,
     /// `ok` when its own steps are ok or skipped, else `failed`.
-    pub result: String,
+    pub result: RunResult,
 }
+
+/// How a run (or a stage of it) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunResult {
+    /// Every step ok or skipped.
+    Ok,
+    /// A step failed.
+    Failed,
+}
+
+impl RunResult {
+    /// [`RunResult::Ok`] when `ok`.
+    pub fn of(ok: bool) -> Self {
+        if ok {
+            RunResult::Ok
+        } else {
+            RunResult::Failed
+        }
+    }
+    /// `ok` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Ok => "ok",
+            RunResult::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RunResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// File name, in the instance's state directory, of the secrets consumed from guestinfo
+/// (mode 0600: later boots of the same instance still have them after the scrub).
+pub const SECRETS_FILE: &str = "secrets.json";
 
 /// The file, beside `status.json`, that holds what the final stage applies (deferred
 /// `write_files`, `runcmd`) as the early stage planned it: the early stage scrubs consumed
@@ -106,59 +164,9 @@ pub struct StageRun {
 pub const FINAL_PLAN_FILE: &str = "final-plan.json";
 
 impl Status {
-    /// Builds the status of a run from what was gathered and the step records.
-    pub fn new(
-        g: &Gathered,
-        new_instance: bool,
-        started_at: u64,
-        duration_ms: u64,
-        steps: Vec<StepRecord>,
-        extra_errors: Vec<String>,
-    ) -> Self {
-        let values = g
-            .flat
-            .iter()
-            .map(|(path, v)| ValueRecord {
-                path: path.clone(),
-                value: if schema::lookup(path).is_some_and(|s| s.secret) {
-                    "<secret>".into()
-                } else {
-                    v.value.chars().take(200).collect()
-                },
-                origin: v.origin.clone(),
-            })
-            .collect();
-        let failed = steps.iter().any(|s| s.status == StepStatus::Failed);
-        let mut errors = g.error_lines();
-        errors.extend(extra_errors);
-        Status {
-            schema_version: schema::VERSION,
-            instance_id: g.instance_id.to_string(),
-            instance_id_origin: g.instance_id_origin.clone(),
-            new_instance,
-            started_at,
-            duration_ms,
-            role: serde_json::to_value(g.config.role)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            network_source: serde_json::to_value(&g.config.network_source)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            sources: g.sources.iter().map(SourceRecord::from).collect(),
-            values,
-            errors,
-            steps,
-            result: if failed { "failed" } else { "ok" }.into(),
-            done: BTreeSet::new(),
-            stages: Vec::new(),
-        }
-    }
-
     /// True when a step failed.
     pub fn failed(&self) -> bool {
-        self.result != "ok"
+        self.result != RunResult::Ok
     }
 
     /// The names of the steps that failed, in order.
@@ -243,7 +251,7 @@ impl State {
         if secrets.is_empty() {
             return Ok(());
         }
-        let path = Self::instance_dir(instance_id).join(crate::sources::SECRETS_FILE);
+        let path = Self::instance_dir(instance_id).join(SECRETS_FILE);
         let mut all: std::collections::BTreeMap<String, String> = self
             .root
             .read(&path)?
@@ -256,6 +264,21 @@ impl State {
         // durable before the caller overwrites the originals in guestinfo
         self.root.sync()?;
         Ok(())
+    }
+
+    /// The secrets [`State::save_secrets`] kept for `instance_id`; empty when there are none
+    /// or the file is unreadable (the sources then report them missing).
+    pub fn load_secrets(&self, instance_id: &str) -> std::collections::BTreeMap<String, String> {
+        let path = Self::instance_dir(instance_id).join(SECRETS_FILE);
+        match self.root.read(&path) {
+            Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
+            Ok(None) | Err(_) => Default::default(),
+        }
+    }
+
+    /// Where the secrets of `instance_id` are kept (for `status`).
+    pub fn secrets_location(instance_id: &str) -> String {
+        Self::instance_dir(instance_id).join(SECRETS_FILE).display().to_string()
     }
 
     /// Records a run: the status file (whose `done` set is the per-instance completion record),

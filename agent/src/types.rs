@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -25,7 +26,8 @@ pub struct ValueError {
 }
 
 impl ValueError {
-    fn new(kind: &'static str, value: &str, reason: impl Into<String>) -> Self {
+    /// A refusal of `value` (shortened) as a `kind`, for `reason`.
+    pub(crate) fn new(kind: &'static str, value: &str, reason: impl Into<String>) -> Self {
         let value = if value.chars().count() > 80 {
             let mut v: String = value.chars().take(80).collect();
             v.push('…');
@@ -479,6 +481,86 @@ impl FromStr for NicName {
 
 string_value!(NicName);
 
+/// What a duration setting accepts: the unit of a bare number and the allowed range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRule {
+    /// What a number without a suffix counts (one second, one millisecond).
+    pub bare_unit: Duration,
+    /// The shortest accepted duration.
+    pub min: Duration,
+    /// The longest accepted duration.
+    pub max: Duration,
+}
+
+/// Why a duration was refused; the text is cut to 40 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Not a whole number with an optional `ms`, `s`, `m` or `h` suffix.
+    #[error("{text:?} is not a duration (a whole number with ms, s, m or h, like 500ms, 10s, 5m or 1h; a bare number counts {bare})")]
+    Syntax {
+        /// The input.
+        text: String,
+        /// The unit of a bare number (`1s`, `1ms`).
+        bare: String,
+    },
+    /// A duration outside the rule's range.
+    #[error("{text:?} is outside {min}..{max}")]
+    Range {
+        /// The input.
+        text: String,
+        /// The shortest accepted (`100ms`).
+        min: String,
+        /// The longest accepted (`60s`).
+        max: String,
+    },
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` or a bare whole number (counted in `rule.bare_unit`),
+/// surrounding whitespace ignored, into a duration within `rule`'s range.
+pub fn parse_duration(s: &str, rule: &DurationRule) -> Result<Duration, DurationError> {
+    let t = s.trim();
+    let text = || t.chars().take(40).collect::<String>();
+    let unit_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (num, mult_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (t, unit_ms(rule.bare_unit))
+    };
+    let n: u64 = num.trim().parse().map_err(|_| DurationError::Syntax {
+        text: text(),
+        bare: format_duration(rule.bare_unit),
+    })?;
+    let range = || DurationError::Range {
+        text: text(),
+        min: format_duration(rule.min),
+        max: format_duration(rule.max),
+    };
+    let d = n.checked_mul(mult_ms).map(Duration::from_millis).ok_or_else(range)?;
+    if d < rule.min || d > rule.max {
+        return Err(range());
+    }
+    Ok(d)
+}
+
+/// A duration in the largest unit that shows it whole: `100ms`, `60s`, `5m`, `24h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 && ms >= 3_600_000 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
 /// Unix permission bits, at most `0o7777`.
 ///
 /// Parsed from an octal string (`"0644"`, `"644"`, `"0o644"`), as cloud-init's `permissions`.
@@ -604,6 +686,59 @@ mod tests {
         for bad in ["", "a/b", "eth0:1", "abcdefghijklmnop", "..", "e 0"] {
             assert!(bad.parse::<NicName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn durations() {
+        let secs = DurationRule {
+            bare_unit: Duration::from_secs(1),
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(86_400),
+        };
+        let millis = DurationRule {
+            bare_unit: Duration::from_millis(1),
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(60),
+        };
+        for (s, rule, want) in [
+            ("10", &secs, Duration::from_secs(10)),
+            (" 500ms ", &secs, Duration::from_millis(500)),
+            ("5m", &secs, Duration::from_secs(300)),
+            ("24h", &secs, Duration::from_secs(86_400)),
+            ("500", &millis, Duration::from_millis(500)),
+            ("2s", &millis, Duration::from_secs(2)),
+            ("1m", &millis, Duration::from_secs(60)),
+        ] {
+            assert_eq!(parse_duration(s, rule), Ok(want), "{s:?}");
+        }
+        assert_eq!(
+            parse_duration("10ms", &millis).unwrap_err().to_string(),
+            r#""10ms" is outside 100ms..60s"#
+        );
+        assert_eq!(
+            parse_duration("25h", &secs).unwrap_err().to_string(),
+            r#""25h" is outside 100ms..24h"#
+        );
+        assert_eq!(
+            parse_duration("2 weeks", &secs).unwrap_err().to_string(),
+            r#""2 weeks" is not a duration (a whole number with ms, s, m or h, like 500ms, 10s, 5m or 1h; a bare number counts 1s)"#
+        );
+        for bad in ["", "-1s", "1.5s", "s", "99999999999999999999h", "1d", "0x10"] {
+            assert!(parse_duration(bad, &secs).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615h", &secs).unwrap_err(),
+            DurationError::Range {
+                text: "18446744073709551615h".into(),
+                min: "100ms".into(),
+                max: "24h".into()
+            },
+            "overflow is out of range, not a panic"
+        );
+        let long = "9".repeat(100);
+        assert!(!parse_duration(&long, &secs).unwrap_err().to_string().contains(&"9".repeat(41)));
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capstan_agent::daemon::KEPT_CAPS;
 use common::BIN;
 
 /// Kills the daemon by pid if the test fails before stopping it.
@@ -110,7 +109,8 @@ fn run_serves_status_reruns_on_new_instance_and_drops_capabilities() {
 
     // Capabilities: effective and bounding are within the kept set.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kept: u64 = KEPT_CAPS.iter().map(|c| 1u64 << c.index()).sum();
+    // role none: the daemon's own capabilities, no role's
+    let kept: u64 = capstan_agent::daemon::kept_caps(None).iter().map(|c| 1u64 << c.index()).sum();
     let eff = cap_mask("CapEff:", &status);
     let bnd = cap_mask("CapBnd:", &status);
     assert_eq!(eff & !kept, 0, "effective caps beyond the kept set: {eff:#x}");
@@ -132,4 +132,45 @@ fn run_serves_status_reruns_on_new_instance_and_drops_capabilities() {
     };
     assert_eq!(code, Some(0));
     assert!(!sock.exists(), "socket removed on exit");
+}
+
+#[test]
+fn a_frozen_parents_child_is_noticed_by_the_fast_poll() {
+    // `--poll 3600`: only the frozen parent's 100 ms poll can notice the child in time
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    std::fs::create_dir_all(dir.join("root/etc")).unwrap();
+    metadata(dir, "parent-p");
+    let sock = dir.join("agent.sock");
+    let child = Command::new(BIN)
+        .arg("run")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--guestinfo-dir")
+        .arg(dir.join("gi"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--poll", "3600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon(child);
+    wait_for(&sock, "first boot of the parent", |v| v["firstboot"]["instance_id"] == "parent-p");
+    let out = Command::new(BIN).args(["freeze", "--root"]).arg(dir.join("root")).output().unwrap();
+    common::assert_exit(&out, 0);
+    assert!(dir.join("root/run/capstan/frozen.json").exists());
+    // the parent is forked: guestinfo names the child
+    metadata(dir, "child-c");
+    let v = wait_for(&sock, "the child's re-identification", |v| {
+        v["firstboot"]["instance_id"] == "child-c"
+    });
+    let r = &v["firstboot"]["reidentified"];
+    assert_eq!(r["trigger"], "frozen-poll", "{v:#}");
+    assert_eq!(r["previous_instance_id"], "parent-p");
+    assert!(!dir.join("root/run/capstan/frozen.json").exists(), "the child thawed");
+    let console = std::fs::read_to_string(dir.join("root/dev/console")).unwrap();
+    assert!(console.lines().any(|l| l.starts_with("CAPSTAN-FROZEN {")), "{console}");
+    assert!(console.lines().any(|l| l.starts_with("CAPSTAN-REIDENTIFIED {")), "{console}");
+    let _ = d.0.kill();
 }

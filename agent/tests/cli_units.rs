@@ -14,9 +14,12 @@ fn unit(name: &str) -> String {
 fn units_verify_and_order_first_boot_before_the_network() {
     let t = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();
-    for name in
-        ["capstan-agent-firstboot.service", "capstan-agent-final.service", "capstan-agent.service"]
-    {
+    for name in [
+        "capstan-agent-firstboot.service",
+        "capstan-agent-final.service",
+        "capstan-agent.service",
+        "capstan-agent-freeze.service",
+    ] {
         let text = unit(name).replace("/usr/bin/capstan-agent", BIN);
         let p = t.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -75,7 +78,7 @@ fn units_verify_and_order_first_boot_before_the_network() {
     assert!(run.contains("ExecStart=/usr/bin/capstan-agent run"));
     // The unit's bounding set matches what the daemon keeps (plus SETPCAP to drop the rest).
     let bounding = run.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap();
-    for c in capstan_agent::daemon::KEPT_CAPS {
+    for c in capstan_agent::daemon::all_kept_caps() {
         assert!(bounding.split(' ').any(|b| b == c.to_string()), "{c} missing from the unit");
     }
 }

@@ -1,10 +1,12 @@
 //! The cloud-init readers on what CAPV and CABPK really produce, and on hostile variants:
 //! every bad value is an error naming the source and the key.
 
+mod common;
+
 use std::path::Path;
 
 use capstan_agent::cloudinit::{parse_cloud_config, parse_metadata};
-use capstan_agent::steps::{Command, Plan, User};
+use capstan_agent::steps::Command;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
@@ -29,9 +31,12 @@ fn cabpk_control_plane_user_data() {
     assert_eq!(cc.write_files[3].permissions.bits(), 0o644, "default mode");
     assert_eq!(cc.runcmd.len(), 4);
     assert!(matches!(&cc.runcmd[3], Command::Shell(s) if s.contains("bootstrap-success.complete")));
-    let md = parse_metadata(&fixture("metadata-static.yaml")).unwrap();
-    let (plan, notes) = Plan::from_cloud_init(Some(&md), Some(&cc), &User::default_user());
-    assert!(notes.is_empty());
+    // the plan production builds from the same documents
+    let (plan, issues) = common::cloud_init_plan(
+        Some(&fixture("metadata-static.yaml")),
+        Some(&fixture("userdata-cabpk-controlplane.yaml")),
+    );
+    assert!(issues.is_empty(), "{issues:?}");
     assert_eq!(plan.users.len(), 1, "users given without default: no default user");
     assert_eq!(plan.users[0].name, "capv");
     assert_eq!(plan.network.nics.len(), 3);

@@ -53,6 +53,15 @@ impl SimVmx {
             }
             self.store.insert(key.to_owned(), value.to_owned());
             b"1 ".to_vec()
+        } else if text == "instantclone.freeze" {
+            // VMware's instant-clone freeze: the call returns once the VM runs again (in the
+            // child, or the parent unfrozen); refused where instant clone is not allowed.
+            if self.read_only.iter().any(|k| k == "instantclone.freeze") {
+                return b"0 Permission denied".to_vec();
+            }
+            let n = self.store.get("guestinfo.test.freezes").map_or(0, |v| v.parse().unwrap_or(0));
+            self.store.insert("guestinfo.test.freezes".into(), (n + 1).to_string());
+            b"1 ".to_vec()
         } else {
             b"0 Unknown command".to_vec()
         }
@@ -220,4 +229,93 @@ fn gather_reads_capv_keys_over_the_backdoor_and_scrubs_userdata() {
     assert_eq!(gi.get("userdata.encoding").unwrap().as_deref(), Some(" "));
     assert_eq!(gi.get("capstan.lb.vrrp.secret").unwrap().as_deref(), Some("---"));
     assert_eq!(gi.get("metadata").unwrap().as_deref(), Some(b64(md).as_str()));
+}
+
+#[test]
+fn instantclone_freeze_goes_over_the_rpci_channel() {
+    use capstan_agent::reidentify::freeze::{self, ForkRpc, FreezeOptions};
+    let b = backdoor(SimVmx::default());
+    assert_eq!(ForkRpc::freeze(&b).unwrap(), "");
+    ForkRpc::freeze(&b).unwrap();
+    assert_eq!(
+        b.get("test.freezes").unwrap().as_deref(),
+        Some("2"),
+        "two freezes reached the host"
+    );
+    // an unknown command is the host's error, named
+    let e = b.command("instantclone.bogus").unwrap_err();
+    assert!(e.to_string().contains("instantclone.bogus refused: Unknown command"), "{e}");
+
+    // freeze with the backdoor: the RPC is the last step, after the marker
+    let t = tempfile::tempdir().unwrap();
+    let root = capstan_agent::root::Root::new(t.path()).unwrap();
+    let opts = FreezeOptions {
+        root: root.clone(),
+        live: false,
+        guestinfo: Some(Box::new(backdoor(SimVmx::default()))),
+        rpc: Some(Box::new(backdoor(SimVmx::default()))),
+    };
+    let report = freeze::freeze(&opts).unwrap();
+    let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["journal-sync", "sync", "marker", "guestinfo", "instantclone.freeze"]);
+    assert_eq!(report.steps[3].detail, "guestinfo.capstan.state = frozen instance-id=");
+    assert!(report.resumed_after_ms.is_some());
+    assert!(freeze::frozen(&root).is_some());
+
+    // refused by the host: an error naming the RPC and the host's answer; no marker left
+    let mut sim = SimVmx::default();
+    sim.read_only.push("instantclone.freeze".into());
+    let opts = FreezeOptions { rpc: Some(Box::new(backdoor(sim))), guestinfo: None, ..opts };
+    freeze::thaw(&root);
+    let e = freeze::freeze(&opts).unwrap_err();
+    let chain = capstan_agent::error::chain(&e);
+    assert!(chain.contains("instantclone.freeze refused: Permission denied"), "{chain}");
+    assert!(freeze::frozen(&root).is_none());
+}
+
+/// Heartbeat settings read over the backdoor (PEM with its line breaks, as `vmware-rpctool`
+/// or a vApp property carries it) build a usable sender configuration, and the daemon's short
+/// status goes back with `info-set guestinfo.capstan.status`, within its bound.
+#[test]
+fn heartbeat_settings_arrive_and_the_short_status_is_published_over_the_backdoor() {
+    use capstan_agent::heartbeat::{status, Check, Heartbeat, HeartbeatSettings, Outcome};
+    let ca = rcgen::generate_simple_self_signed(vec!["hub".into()]).unwrap();
+    let node = rcgen::generate_simple_self_signed(vec!["vm-hb-1".into()]).unwrap();
+    let mut sim = SimVmx::default();
+    let md = "instance-id: vm-hb-1\nlocal-hostname: hb-node\n";
+    sim.store.insert("guestinfo.metadata".into(), md.into());
+    sim.store.insert("guestinfo.capstan.heartbeat.url".into(), "https://hub.example:7443".into());
+    sim.store.insert("guestinfo.capstan.heartbeat.ca".into(), ca.cert.pem());
+    sim.store.insert("guestinfo.capstan.heartbeat.client-cert".into(), node.cert.pem());
+    sim.store
+        .insert("guestinfo.capstan.heartbeat.client-key".into(), node.key_pair.serialize_pem());
+    let t = tempfile::tempdir().unwrap();
+    let opts = capstan_agent::sources::SourceOptions::rooted(t.path());
+    let g = capstan_agent::sources::gather_with(&opts, Some(Box::new(backdoor(sim))));
+    assert!(g.config.errors.is_empty(), "{:?}", g.config.errors);
+    assert_eq!(g.flat["heartbeat.client-key"].origin.source, "vmware-backdoor");
+    assert!(g.secret_keys.contains(&"capstan.heartbeat.client-key".to_owned()));
+    let s = HeartbeatSettings::from_config(&g.config.heartbeat).unwrap().unwrap();
+    assert_eq!(s.url, "https://hub.example:7443");
+    s.client().expect("a client from settings read over the backdoor");
+
+    let gi = g.guestinfo.as_deref().unwrap();
+    let mut hb = Heartbeat::new(g.instance_id.clone(), "hb-node".parse().unwrap(), "lb");
+    hb.seq = 1_764_756_000_001;
+    hb.checks.push(Check { name: "haproxy".into(), ok: true, detail: "running".into() });
+    hb.checks.push(Check { name: "vrrp".into(), ok: false, detail: "FAULT".into() });
+    assert!(status::publish(gi, &hb, Outcome::Unreachable).unwrap());
+    let got = gi.get("capstan.status").unwrap().unwrap();
+    assert!(got.len() <= status::MAX_STATUS);
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"state": "degraded", "role": "lb", "seq": 1_764_756_000_001u64,
+                           "checks": {"haproxy": true, "vrrp": false}, "hub": "unreachable"})
+    );
+    // A host that refuses the write: an error for the caller to log, not a panic.
+    let mut sim = SimVmx::default();
+    sim.read_only.push("guestinfo.capstan.status".into());
+    let e = status::publish(&backdoor(sim), &hb, Outcome::Accepted).unwrap_err();
+    assert!(e.to_string().contains("info-set refused"), "{e}");
 }

@@ -7,7 +7,7 @@ mod lb;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use capstan_agent::lb::VrrpState;
+use capstan_agent::roles::lb::VrrpState;
 use lb::*;
 use serde_json::json;
 

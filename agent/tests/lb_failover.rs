@@ -7,7 +7,7 @@ mod lb;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use capstan_agent::lb::VrrpState;
+use capstan_agent::roles::lb::VrrpState;
 use lb::*;
 
 #[test]
@@ -32,6 +32,12 @@ fn killing_active_haproxy_moves_vip_within_2s_and_old_active_rejoins_as_backup(
             lab.status(standby, ss)
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // keepalived adds the VIP before its notify script records MASTER: give the record a moment
+    // (status reads the VIP over netlink, quicker than that script).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while lab.status(active, sa).vrrp != VrrpState::Master && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(lab.status(active, sa).vrrp, VrrpState::Master);
 

@@ -7,8 +7,8 @@ mod lb;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use capstan_agent::lb::state::DesiredSet;
-use capstan_agent::lb::{check_haproxy, haproxy_config, LbPaths, Tools};
+use capstan_agent::roles::lb::state::DesiredSet;
+use capstan_agent::roles::lb::{check_haproxy, haproxy_config, LbPaths, Tools};
 use lb::*;
 
 #[test]
@@ -48,11 +48,12 @@ fn structural_change_reloads_without_failed_requests() -> anyhow::Result<()> {
         assert!(start.elapsed() < Duration::from_secs(10), "HAProxy did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rt = capstan_agent::lb::runtime::RuntimeApi::new(&paths.admin_socket);
-    let worker_pid = |rt: &capstan_agent::lb::runtime::RuntimeApi| -> anyhow::Result<String> {
-        let info = rt.command("show info")?;
-        Ok(info.lines().find(|l| l.starts_with("Pid:")).unwrap_or_default().to_owned())
-    };
+    let rt = capstan_agent::roles::lb::runtime::RuntimeApi::new(&paths.admin_socket);
+    let worker_pid =
+        |rt: &capstan_agent::roles::lb::runtime::RuntimeApi| -> anyhow::Result<String> {
+            let info = rt.command("show info")?;
+            Ok(info.lines().find(|l| l.starts_with("Pid:")).unwrap_or_default().to_owned())
+        };
     let pid_before = worker_pid(&rt)?;
     let load = Load::start(&lab, 4, 1_000_000);
     std::thread::sleep(Duration::from_millis(500));
@@ -60,7 +61,7 @@ fn structural_change_reloads_without_failed_requests() -> anyhow::Result<()> {
     let mut s2 = s.clone();
     s2.health.interval = Duration::from_millis(700);
     let second = haproxy_config(&s2, &paths, &set).render();
-    assert!(capstan_agent::lb::haproxy::needs_reload(&first, &second));
+    assert!(capstan_agent::roles::lb::haproxy::needs_reload(&first, &second));
     std::fs::write(&paths.haproxy_cfg, &second)?;
     check_haproxy(&Tools::default(), &paths.haproxy_cfg)?;
     let master = child.id().expect("pid") as i32;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use capstan_agent::lb::{
+use capstan_agent::roles::lb::{
     check_haproxy, check_keepalived, check_rendered, render, LbSettings, RenderedFile, Tools,
 };
 

@@ -5,51 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 use capstan_agent::cloudinit::parse_metadata;
 use capstan_agent::steps::netlink;
 use capstan_agent::steps::NetworkConfig;
 use serde_json::Value;
 
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("capstan-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        ip(&["netns", "add", &name]);
-        Netns(name)
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["-n", &self.0];
-        a.extend_from_slice(args);
-        ip(&a)
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["-j"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ip(&a)).unwrap()
-    }
-    /// Runs `f` in a thread that joined this namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("setns (needs root)");
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+mod common;
+use common::netns::Netns;
 
 /// A veth pair: `name` with `mac`, its peer `p<name>` up so the link has a carrier. (This
 /// kernel has no `dummy` module.)
@@ -57,12 +20,6 @@ fn veth(ns: &Netns, name: &str, mac: &str) {
     let peer = format!("p{name}");
     ns.ip(&["link", "add", name, "address", mac, "type", "veth", "peer", "name", &peer]);
     ns.ip(&["link", "set", &peer, "up"]);
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("iproute2 `ip` is required");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn config() -> NetworkConfig {
@@ -202,7 +159,7 @@ fn missing_nic_is_reported_and_name_clash_fails() {
     veth(&ns, "ens224", "00:50:56:a5:00:02");
     let cfg = config();
     let err = ns.run(move || netlink::apply(&cfg)).unwrap_err();
-    let msg = capstan_agent::steps::error_chain(&err);
+    let msg = capstan_agent::error::chain(&err);
     assert!(
         msg.contains("id1: rename ens224 to eth1") && msg.contains("already called eth1"),
         "{msg}"

@@ -95,7 +95,7 @@ fn each_source_overrides_the_ones_below_and_origins_are_kept() {
     assert!(g.errors.is_empty() && g.config.errors.is_empty(), "{:?}", g.error_lines());
     let origin = |p: &str| {
         let v = &g.flat[p];
-        (v.value.clone(), v.origin.source.clone(), v.origin.key.clone())
+        (v.value.clone(), v.origin.source.to_string(), v.origin.key.clone())
     };
     assert_eq!(
         origin("hostname"),

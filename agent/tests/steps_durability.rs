@@ -267,11 +267,10 @@ fn later_steps_see_earlier_steps_staged_files() {
     // into a new home although it is still staged (not on disk) when users runs
     let t = skeleton();
     let b = t.path();
-    let cc = capstan_agent::cloudinit::parse_cloud_config(
-        "#cloud-config\nusers:\n  - name: bob\nwrite_files:\n  - path: /etc/skel/.capstanrc\n    content: \"hello\\n\"\n",
-    )
-    .unwrap();
-    let (mut plan, _) = Plan::from_cloud_init(None, Some(&cc), &User::default_user());
+    let (mut plan, _) = common::cloud_init_plan(
+        None,
+        Some("#cloud-config\nusers:\n  - name: bob\nwrite_files:\n  - path: /etc/skel/.capstanrc\n    content: \"hello\\n\"\n"),
+    );
     plan.ssh_host_key_types = Vec::new();
     plan.machine_id = false;
     let root = Root::new(b).unwrap();

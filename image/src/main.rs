@@ -2,17 +2,24 @@
 //!
 //! A thin binary: each subcommand lives in `cmd/` and calls into the `ovf` crate or the
 //! builder modules of this crate. Exit codes: 0 success, 1 a check found problems or the
-//! operation failed, 2 bad usage (clap).
+//! operation failed, 2 bad usage (clap), 3 `ova verify`: intact, but the signature policy asked
+//! for (`--require-signature`, `--trust`) is not met.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod build;
+mod builder;
+mod cache;
 mod check;
 mod cmd;
+mod exec;
+mod firmware;
+mod gpt;
 mod lab;
+mod sign;
+mod verity;
 
 /// Build sealed appliance templates (OVA, qcow2, raw) and work with OVF, OVA and VMDK files.
 #[derive(Debug, Parser)]
@@ -38,7 +45,7 @@ enum Command {
     /// Check OVF descriptors for what vCenter and ovftool reject.
     #[command(subcommand)]
     Ovf(cmd::ovf::OvfCommand),
-    /// Inspect, verify and pack OVA archives.
+    /// Inspect, verify, pack and sign OVA archives.
     #[command(subcommand)]
     Ova(cmd::ova::OvaCommand),
     /// Convert between raw disks and streamOptimized VMDK.

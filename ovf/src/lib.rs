@@ -10,6 +10,7 @@
 //!   descriptor is kept as [`xml::Element`]s so it survives a round trip.
 #![forbid(unsafe_code)]
 
+pub mod cert;
 pub mod descriptor;
 pub mod env;
 pub mod manifest;

@@ -1,16 +1,21 @@
-//! OVA archives: a tar with the `.ovf` first, then the `.mf`, then the referenced files.
+//! OVA archives: a tar with the `.ovf` first, then the `.mf`, then (signed) the `.cert`, then
+//! the referenced files.
 //!
 //! Writing ([`write_ova`], [`pack`]) is deterministic — ustar headers with a fixed mode
 //! (0644), uid/gid 0 (`root`), and an mtime from the caller (`SOURCE_DATE_EPOCH`) — and uses a
 //! pax extended header only for a member that needs one (a name ustar cannot hold, or 8 GiB or
 //! more). Member data is copied from disk in chunks, so a 20 GiB disk never sits in memory;
 //! since the manifest comes before the data, digests are computed in a first streaming pass
-//! unless the caller already has them.
+//! unless the caller already has them. [`write_signed_ova`] adds a `.cert` member right after
+//! the manifest, made by a [`Signer`] from the manifest's exact bytes.
 //!
 //! Reading ([`verify`]) is one streaming pass too: structure (descriptor first, manifest
 //! second), every member's size against its `ovf:size`, every digest against the manifest,
-//! and members that are missing or not referenced. The first problem is the error, and it
-//! names the member.
+//! and members that are missing or not referenced. A `<stem>.cert` right after the manifest
+//! must parse ([`crate::cert`]) and name the manifest; [`verify_with`] hands it and the
+//! manifest's bytes to the caller's signature check before anything else is compared (this
+//! crate does no cryptography). [`sign_ova`] signs an existing OVA, its files copied byte for
+//! byte. The first problem is the error, and it names the member.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,6 +39,9 @@ use crate::manifest::{self, check_name, Algorithm, Hasher, Manifest, ManifestErr
 
 /// The largest descriptor read from an archive.
 pub const MAX_OVF_BYTES: u64 = 16 << 20;
+/// The largest `.cert` member read from an archive (a signature and a certificate chain are a
+/// few KiB).
+pub const MAX_CERT_BYTES: u64 = 1 << 20;
 const CHUNK: usize = 1 << 20;
 
 /// Something wrong with an OVA or with the files going into one. Every variant about a
@@ -207,6 +215,75 @@ pub enum OvaError {
     /// Writing the archive failed.
     #[error("writing the archive")]
     Write(#[source] io::Error),
+    /// A signed OVA was asked for without a manifest (the signature signs the manifest).
+    #[error("member {name}: a signature needs the manifest, which the options turn off")]
+    SignatureWithoutManifest {
+        /// The `.cert` member that could not be written.
+        name: String,
+    },
+    /// The `.cert` member does not parse.
+    #[error("member {name}: invalid certificate file")]
+    Certificate {
+        /// The `.cert` member.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::cert::CertError,
+    },
+    /// The `.cert` member signs another manifest than the archive's, or there is no manifest.
+    #[error("member {name}: signs {signed}, but the archive's manifest is {}", manifest.as_deref().unwrap_or("missing"))]
+    CertificateManifest {
+        /// The `.cert` member.
+        name: String,
+        /// The manifest its first line names.
+        signed: String,
+        /// The archive's manifest member, if any.
+        manifest: Option<String>,
+    },
+    /// The signature check found the `.cert` member's certificate unusable.
+    #[error("member {name}: unusable signing certificate")]
+    CertificateRejected {
+        /// The `.cert` member.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The signature does not verify over the manifest: one of them changed after signing.
+    #[error("member {manifest}: the signature in {certificate} does not verify over it (the manifest or the signature changed after signing)")]
+    SignatureMismatch {
+        /// The manifest member.
+        manifest: String,
+        /// The `.cert` member.
+        certificate: String,
+        /// What the check found.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The [`Signer`] failed.
+    #[error("member {name}: signing the manifest failed")]
+    Sign {
+        /// The `.cert` member.
+        name: String,
+        /// What the signer reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Makes the `.cert` member of a signed OVA from the manifest it signs.
+///
+/// In an OVF package the certificate file holds the manifest's signature and the signer's
+/// X.509 certificate (DSP0243 §5.3; ovftool writes `SHA256(<stem>.mf)= <hex>` followed by the
+/// PEM certificate). The writer calls the signer once, with the exact manifest bytes it then
+/// writes, so the signature covers what is in the archive.
+pub trait Signer {
+    /// The `.cert` member's bytes for `manifest`, the member named `mf_name`.
+    fn certificate(
+        &self,
+        mf_name: &str,
+        manifest: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// A file going into an OVA.
@@ -274,19 +351,96 @@ pub fn write_ova<W: Write>(
     opts: &OvaOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<WriteSummary, OvaError> {
+    let contents = Contents { ovf_name, descriptor, files };
+    write_archive(out, &contents, opts, None, progress)
+}
+
+/// Writes a signed OVA: as [`write_ova`], with `<stem>.cert` from `signer` right after the
+/// manifest (`.ovf`, `.mf`, `.cert`, then the files). Needs `opts.manifest`.
+pub fn write_signed_ova<W: Write>(
+    out: W,
+    ovf_name: &str,
+    descriptor: &str,
+    files: &[OvaFile],
+    opts: &OvaOptions,
+    signer: &dyn Signer,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<WriteSummary, OvaError> {
+    let contents = Contents { ovf_name, descriptor, files };
+    write_archive(out, &contents, opts, Some(signer), progress)
+}
+
+/// What goes into an archive.
+struct Contents<'a> {
+    ovf_name: &'a str,
+    descriptor: &'a str,
+    files: &'a [OvaFile],
+}
+
+/// The member names beside the descriptor and the size of every file, once every name is
+/// checked.
+struct Layout {
+    mf_name: String,
+    cert_name: String,
+    sizes: Vec<u64>,
+}
+
+fn write_archive<W: Write>(
+    out: W,
+    c: &Contents,
+    opts: &OvaOptions,
+    signer: Option<&dyn Signer>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<WriteSummary, OvaError> {
+    let layout = layout(c, opts, signer.is_some())?;
+    // Pass 1: digests (streaming) for files that do not bring one.
+    let text = if opts.manifest { manifest_text(c)? } else { String::new() };
+    let cert = match signer {
+        Some(signer) => Some(
+            signer
+                .certificate(&layout.mf_name, text.as_bytes())
+                .map_err(|source| OvaError::Sign { name: layout.cert_name.clone(), source })?,
+        ),
+        None => None,
+    };
+
+    // Pass 2: the archive.
     let mut out = Counting { out, written: 0 };
+    let w = OvaError::Write;
+    write_small(&mut out, c.ovf_name, c.descriptor.as_bytes(), opts.mtime).map_err(w)?;
+    if opts.manifest {
+        write_small(&mut out, &layout.mf_name, text.as_bytes(), opts.mtime).map_err(w)?;
+    }
+    if let Some(cert) = &cert {
+        write_small(&mut out, &layout.cert_name, cert, opts.mtime).map_err(w)?;
+    }
+    copy_files(&mut out, c.files, &layout.sizes, opts.mtime, progress)?;
+    tar::finish(&mut out).map_err(w)?;
+    out.out.flush().map_err(w)?;
+    Ok(WriteSummary { written: out.written, manifest: text })
+}
+
+/// Checks every member name (safe, unique, a top-level `.ovf`) and reads each file's size.
+fn layout(c: &Contents, opts: &OvaOptions, signed: bool) -> Result<Layout, OvaError> {
     let bad = |name: &str, reason| OvaError::BadName { name: name.to_string(), reason };
-    check_name(ovf_name).map_err(|r| bad(ovf_name, r))?;
-    let Some(stem) = ovf_name.strip_suffix(".ovf").filter(|s| !s.contains('/')) else {
-        return Err(bad(ovf_name, "the descriptor must be a top-level *.ovf name"));
+    check_name(c.ovf_name).map_err(|r| bad(c.ovf_name, r))?;
+    let Some(stem) = c.ovf_name.strip_suffix(".ovf").filter(|s| !s.contains('/')) else {
+        return Err(bad(c.ovf_name, "the descriptor must be a top-level *.ovf name"));
     };
     let mf_name = format!("{stem}.mf");
-    let mut names = vec![ovf_name.to_string()];
+    let cert_name = format!("{stem}.cert");
+    let mut names = vec![c.ovf_name.to_string()];
     if opts.manifest {
         names.push(mf_name.clone());
     }
-    let mut sizes = Vec::with_capacity(files.len());
-    for f in files {
+    if signed {
+        if !opts.manifest {
+            return Err(OvaError::SignatureWithoutManifest { name: cert_name });
+        }
+        names.push(cert_name.clone());
+    }
+    let mut sizes = Vec::with_capacity(c.files.len());
+    for f in c.files {
         check_name(&f.name).map_err(|r| bad(&f.name, r))?;
         if names.contains(&f.name) {
             return Err(OvaError::Duplicate { name: f.name.clone() });
@@ -296,48 +450,57 @@ pub fn write_ova<W: Write>(
             .map_err(|source| OvaError::File { path: f.path.clone(), source })?;
         sizes.push(meta.len());
     }
-    let total: u64 = sizes.iter().sum();
+    Ok(Layout { mf_name, cert_name, sizes })
+}
 
-    // Pass 1: digests (streaming) for files that do not bring one.
+/// The SHA256 manifest of the descriptor and every file (digesting those without one).
+fn manifest_text(c: &Contents) -> Result<String, OvaError> {
     let mut mf = Manifest::default();
-    let mut text = String::new();
-    if opts.manifest {
-        mf.push(
-            Algorithm::Sha256,
-            ovf_name,
-            manifest::digest(Algorithm::Sha256, descriptor.as_bytes()).expect("in-memory read"),
-        );
-        for f in files {
-            let d = match &f.sha256 {
-                Some(d) => d.clone(),
-                None => {
-                    let file = File::open(&f.path)
-                        .map_err(|source| OvaError::File { path: f.path.clone(), source })?;
-                    manifest::digest(Algorithm::Sha256, file)
-                        .map_err(|source| OvaError::File { path: f.path.clone(), source })?
-                }
-            };
-            mf.push(Algorithm::Sha256, f.name.clone(), d);
-        }
-        text = mf.render();
+    mf.push(
+        Algorithm::Sha256,
+        c.ovf_name,
+        manifest::digest(Algorithm::Sha256, c.descriptor.as_bytes()).expect("in-memory read"),
+    );
+    for f in c.files {
+        let d = match &f.sha256 {
+            Some(d) => d.clone(),
+            None => {
+                let file = File::open(&f.path)
+                    .map_err(|source| OvaError::File { path: f.path.clone(), source })?;
+                manifest::digest(Algorithm::Sha256, file)
+                    .map_err(|source| OvaError::File { path: f.path.clone(), source })?
+            }
+        };
+        mf.push(Algorithm::Sha256, f.name.clone(), d);
     }
+    Ok(mf.render())
+}
 
-    // Pass 2: the archive.
-    let w = |e| OvaError::Write(e);
-    tar::write_header(&mut out, ovf_name, descriptor.len() as u64, opts.mtime).map_err(w)?;
-    out.write_all(descriptor.as_bytes()).map_err(w)?;
-    tar::pad(&mut out, descriptor.len() as u64).map_err(w)?;
-    if opts.manifest {
-        tar::write_header(&mut out, &mf_name, text.len() as u64, opts.mtime).map_err(w)?;
-        out.write_all(text.as_bytes()).map_err(w)?;
-        tar::pad(&mut out, text.len() as u64).map_err(w)?;
-    }
+/// One member whose data is in memory: header, data, padding.
+fn write_small<W: Write>(out: &mut W, name: &str, data: &[u8], mtime: u64) -> io::Result<()> {
+    tar::write_header(out, name, data.len() as u64, mtime)?;
+    out.write_all(data)?;
+    tar::pad(out, data.len() as u64)?;
+    Ok(())
+}
+
+/// The files' members, streamed from disk in chunks; each must still have the size it had
+/// when its header was planned.
+fn copy_files<W: Write>(
+    out: &mut W,
+    files: &[OvaFile],
+    sizes: &[u64],
+    mtime: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), OvaError> {
+    let w = OvaError::Write;
+    let total: u64 = sizes.iter().sum();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
-    for (f, size) in files.iter().zip(sizes) {
+    for (f, &size) in files.iter().zip(sizes) {
         let file = File::open(&f.path)
             .map_err(|source| OvaError::File { path: f.path.clone(), source })?;
-        tar::write_header(&mut out, &f.name, size, opts.mtime).map_err(w)?;
+        tar::write_header(out, &f.name, size, mtime).map_err(w)?;
         let mut src = file.take(size);
         let mut copied = 0u64;
         loop {
@@ -358,11 +521,9 @@ pub fn write_ova<W: Write>(
         if copied != size || (grew && f.sha256.is_none()) {
             return Err(OvaError::FileChanged { path: f.path.clone(), expected: size });
         }
-        tar::pad(&mut out, size).map_err(w)?;
+        tar::pad(out, size).map_err(w)?;
     }
-    tar::finish(&mut out).map_err(w)?;
-    out.out.flush().map_err(w)?;
-    Ok(WriteSummary { written: out.written, manifest: text })
+    Ok(())
 }
 
 /// What [`pack`] did.
@@ -441,6 +602,137 @@ pub fn pack<W: Write>(
     Ok(PackSummary { descriptor, files: listed, written: summary.written })
 }
 
+/// What [`sign_ova`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignSummary {
+    /// Archive size in bytes.
+    pub written: u64,
+    /// The manifest written (SHA256, descriptor first, then the files in archive order).
+    pub manifest: String,
+    /// The `.cert` member written.
+    pub certificate: String,
+    /// Whether the input was signed already (its `.cert` is replaced).
+    pub replaced_certificate: bool,
+    /// The files copied, in order: (name, size).
+    pub files: Vec<(String, u64)>,
+}
+
+/// Signs an existing OVA: checks it ([`verify_path`]), then writes `.ovf`, a SHA256 `.mf`,
+/// the `.cert` from `signer`, and the files in their archive order. Member bytes are copied
+/// unchanged (each file's SHA-256 is checked again as it is copied); a `.cert` already there is
+/// replaced, and a SHA1 or missing manifest becomes a SHA256 one. Every member gets `mtime`,
+/// or the input descriptor's mtime, so signing our own deterministic OVA gives the bytes
+/// [`write_signed_ova`] would have written.
+pub fn sign_ova<W: Write>(
+    input: &Path,
+    out: W,
+    signer: &dyn Signer,
+    mtime: Option<u64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<SignSummary, OvaError> {
+    let report = verify_path(input)?;
+    let stem = report.descriptor.trim_end_matches(".ovf");
+    let (mf_name, cert_name) = (format!("{stem}.mf"), format!("{stem}.cert"));
+    let mtime = mtime.unwrap_or(report.descriptor_mtime);
+    // Pass 1: the SHA-256 of every file (the manifest may be SHA1 or absent).
+    let digests = archived_files(input, &report, &mut |_, data| {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        stream_data(data, &mut |chunk| {
+            h.update(chunk);
+            Ok(())
+        })?;
+        Ok(h.finish())
+    })?;
+    let mut mf = Manifest::default();
+    let ovf_bytes = report.descriptor_xml.as_bytes();
+    let ovf_digest = manifest::digest(Algorithm::Sha256, ovf_bytes).expect("in-memory read");
+    mf.push(Algorithm::Sha256, report.descriptor.clone(), ovf_digest);
+    for (m, d) in report.members.iter().zip(&digests) {
+        mf.push(Algorithm::Sha256, m.name.clone(), d.clone());
+    }
+    let text = mf.render();
+    let cert = signer
+        .certificate(&mf_name, text.as_bytes())
+        .map_err(|source| OvaError::Sign { name: cert_name.clone(), source })?;
+
+    // Pass 2: the archive, the files copied from the input's members.
+    let mut out = Counting { out, written: 0 };
+    let w = OvaError::Write;
+    write_small(&mut out, &report.descriptor, ovf_bytes, mtime).map_err(w)?;
+    write_small(&mut out, &mf_name, text.as_bytes(), mtime).map_err(w)?;
+    write_small(&mut out, &cert_name, &cert, mtime).map_err(w)?;
+    let total: u64 = report.members.iter().map(|m| m.size).sum();
+    let mut done = 0;
+    let mut index = 0;
+    archived_files(input, &report, &mut |m, data| {
+        tar::write_header(&mut out, &m.name, m.size, mtime).map_err(w)?;
+        let mut h = Hasher::new(Algorithm::Sha256);
+        stream_data(data, &mut |chunk| {
+            h.update(chunk);
+            out.write_all(chunk).map_err(w)?;
+            done += chunk.len() as u64;
+            progress(done, total);
+            Ok(())
+        })?;
+        if h.finish() != digests[index] {
+            return Err(OvaError::FileChanged { path: input.to_path_buf(), expected: m.size });
+        }
+        index += 1;
+        tar::pad(&mut out, m.size).map_err(w)?;
+        Ok(())
+    })?;
+    tar::finish(&mut out).map_err(w)?;
+    out.out.flush().map_err(w)?;
+    Ok(SignSummary {
+        written: out.written,
+        manifest: text,
+        certificate: cert_name,
+        replaced_certificate: report.certificate.is_some(),
+        files: report.members.iter().map(|m| (m.name.clone(), m.size)).collect(),
+    })
+}
+
+/// Runs `each` on every file member of the OVA at `input` that `report` lists (the
+/// descriptor, manifest and certificate skipped), in archive order, with the member's data.
+fn archived_files<T>(
+    input: &Path,
+    report: &Report,
+    each: &mut dyn FnMut(&tar::Member, &mut MemberData<'_>) -> Result<T, OvaError>,
+) -> Result<Vec<T>, OvaError> {
+    let f =
+        File::open(input).map_err(|source| OvaError::File { path: input.to_path_buf(), source })?;
+    let mut ar = tar::Reader::new(BufReader::with_capacity(CHUNK, f));
+    let mut results = Vec::new();
+    while let Some(m) = ar.next_member()? {
+        if !report.members.iter().any(|r| r.name == m.name) {
+            continue;
+        }
+        results.push(each(&m, &mut |buf| ar.read_data(buf))?);
+    }
+    if results.len() != report.members.len() {
+        return Err(OvaError::FileChanged { path: input.to_path_buf(), expected: 0 });
+    }
+    Ok(results)
+}
+
+/// Reads the current member's data into a buffer; 0 at its end.
+type MemberData<'a> = dyn FnMut(&mut [u8]) -> Result<usize, OvaError> + 'a;
+
+/// Feeds a member's data to `sink` in chunks until `read` reports its end.
+fn stream_data(
+    read: &mut MemberData<'_>,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), OvaError>,
+) -> Result<(), OvaError> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink(&buf[..n])?;
+    }
+}
+
 /// One verified member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberReport {
@@ -457,18 +749,61 @@ pub struct MemberReport {
 pub struct Report {
     /// The descriptor member.
     pub descriptor: String,
+    /// The descriptor member's mtime (what [`sign_ova`] keeps for every member).
+    pub descriptor_mtime: u64,
     /// The manifest member, if any.
     pub manifest: Option<String>,
-    /// A certificate member (`.cert`), if any (not verified).
+    /// The manifest's bytes as archived (what a signature covers).
+    pub manifest_data: Option<Vec<u8>>,
+    /// A certificate member (`.cert`), if any.
     pub certificate: Option<String>,
+    /// The certificate member's bytes (at most [`MAX_CERT_BYTES`]), as read. They parse as a
+    /// [`CertFile`](crate::cert::CertFile) naming the manifest; the signature is checked only
+    /// by [`verify_with`]'s check.
+    pub certificate_data: Option<Vec<u8>>,
     /// The referenced files, in archive order.
     pub members: Vec<MemberReport>,
     /// The descriptor text.
     pub descriptor_xml: String,
 }
 
-/// Verifies an OVA read as a stream; see the module docs for what is checked.
+/// What a signature check gets: the manifest as archived and the parsed `.cert`.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    /// The manifest member's name.
+    pub manifest_name: &'a str,
+    /// The manifest's exact bytes.
+    pub manifest: &'a [u8],
+    /// The `.cert` member's name.
+    pub certificate_name: &'a str,
+    /// The `.cert` member, parsed.
+    pub certificate: &'a crate::cert::CertFile,
+}
+
+/// Why a signature check refused a signed OVA (see [`verify_with`]).
+#[derive(Debug)]
+pub enum Rejection {
+    /// The `.cert` member's certificate cannot be used (does not parse, unsupported key).
+    Certificate(Box<dyn std::error::Error + Send + Sync>),
+    /// The signature does not verify over the manifest.
+    Signature(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A signature check for [`verify_with`].
+pub type SignatureCheck<'c> = dyn FnMut(&Signed<'_>) -> Result<(), Rejection> + 'c;
+
+/// Verifies an OVA read as a stream; see the module docs for what is checked. A `.cert`
+/// member must parse and name the manifest; its signature is not checked (see
+/// [`verify_with`]).
 pub fn verify<R: Read>(input: R) -> Result<Report, OvaError> {
+    verify_with(input, &mut |_| Ok(()))
+}
+
+/// Verifies an OVA as [`verify`] and, when it has a `.cert`, runs `check` on the manifest and
+/// the certificate file before anything else is compared: a manifest changed after signing
+/// is then reported as that (naming the manifest) rather than as a digest mismatch of the
+/// member whose line changed. An unsigned OVA never calls `check`.
+pub fn verify_with<R: Read>(input: R, check: &mut SignatureCheck<'_>) -> Result<Report, OvaError> {
     let mut ar = tar::Reader::new(input);
     let ovf = match ar.next_member()? {
         Some(m) if m.name.ends_with(".ovf") && !m.name.contains('/') => m,
@@ -484,115 +819,186 @@ pub fn verify<R: Read>(input: R) -> Result<Report, OvaError> {
         .map(|f| (f.href.clone(), f.size))
         .collect();
     let stem = ovf.name.trim_end_matches(".ovf");
-    let mf_name = format!("{stem}.mf");
-    let cert_name = format!("{stem}.cert");
     let mut seen = vec![ovf.name.clone()];
     let mut next = ar.next_member()?;
 
     let mut manifest = None;
-    let mut manifest_name = None;
-    if let Some(m) = next.as_ref().filter(|m| m.name.ends_with(".mf")) {
-        if m.name != mf_name {
-            return Err(OvaError::ManifestName { name: m.name.clone(), expected: mf_name });
-        }
-        let name = m.name.clone();
-        let bytes = read_small(&mut ar, &name, m.size, manifest::MAX_MANIFEST_BYTES as u64)?;
-        let mf = Manifest::parse_bytes(&bytes)
-            .map_err(|source| OvaError::Manifest { name: name.clone(), source })?;
-        check_digest(Some(&mf), &ovf.name, |alg| {
-            manifest::digest(alg, &ovf_bytes[..]).expect("in-memory read")
-        })?;
-        seen.push(name.clone());
-        manifest = Some(mf);
-        manifest_name = Some(name);
+    if let Some(m) = next.take_if(|m| m.name.ends_with(".mf")) {
+        let (mf, bytes) = read_manifest(&mut ar, &m, stem)?;
+        seen.push(m.name.clone());
+        manifest = Some((m.name, mf, bytes));
         next = ar.next_member()?;
     }
     let mut certificate = None;
-    if let Some(m) = next.as_ref().filter(|m| m.name == cert_name) {
-        certificate = Some(m.name.clone());
+    if let Some(m) = next.take_if(|m| m.name == format!("{stem}.cert")) {
+        let data = read_small(&mut ar, &m.name, m.size, MAX_CERT_BYTES)?;
+        check_signature(&m.name, &data, manifest.as_ref().map(|(n, _, b)| (n, b)), check)?;
         seen.push(m.name.clone());
+        certificate = Some((m.name, data));
         next = ar.next_member()?;
     }
+    let mf = manifest.as_ref().map(|(_, mf, _)| mf);
+    check_digest(mf, &ovf.name, |alg| {
+        manifest::digest(alg, &ovf_bytes[..]).expect("in-memory read")
+    })?;
 
     let mut members = Vec::new();
     let mut buf = vec![0u8; CHUNK];
     while let Some(m) = next {
-        check_name(&m.name).map_err(|reason| OvaError::BadName { name: m.name.clone(), reason })?;
-        if seen.contains(&m.name) {
-            return Err(OvaError::Duplicate { name: m.name });
-        }
-        let Some((_, declared)) = refs.iter().find(|(href, _)| *href == m.name) else {
-            return Err(OvaError::Unreferenced { name: m.name });
-        };
-        if let Some(declared) = *declared {
-            if declared != m.size {
-                return Err(OvaError::SizeMismatch { name: m.name, declared, actual: m.size });
-            }
-        }
-        let algorithm = match &manifest {
-            Some(mf) => Some(
-                mf.get(&m.name)
-                    .ok_or_else(|| OvaError::NotInManifest { name: m.name.clone() })?
-                    .algorithm,
-            ),
-            None => None,
-        };
-        let mut hasher = algorithm.map(Hasher::new);
-        // A disk is also walked as a VMDK in the same pass (every grain inflated and checked),
-        // so a corrupt disk is caught even when its manifest line was computed over it.
-        let mut vmdk_result = Ok(());
-        if m.name.to_ascii_lowercase().ends_with(".vmdk") {
-            let mut member = MemberRead { ar: &mut ar, hasher: hasher.as_mut() };
-            vmdk_result =
-                crate::vmdk::StreamReader::new(&mut member).and_then(|r| r.check()).map(|_| ());
-        }
-        loop {
-            let n = ar.read_data(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..n]);
-            }
-        }
-        // A digest mismatch (tampering) is the more precise report; then the disk's own error.
-        if let Some(h) = hasher {
-            let d = h.finish();
-            check_digest(manifest.as_ref(), &m.name, |_| d.clone())?;
-        }
-        if let Err(source) = vmdk_result {
-            return Err(match source {
-                crate::vmdk::VmdkError::Read { source, .. }
-                    if source.get_ref().is_some_and(|e| e.is::<OvaError>()) =>
-                {
-                    *source.into_inner().expect("checked").downcast::<OvaError>().expect("checked")
-                }
-                source => OvaError::Vmdk { name: m.name, source },
-            });
-        }
-        seen.push(m.name.clone());
-        members.push(MemberReport { name: m.name, size: m.size, checked_with: algorithm });
+        members.push(verify_member(&mut ar, m, &refs, &seen, mf, &mut buf)?);
+        seen.push(members.last().expect("just pushed").name.clone());
         next = ar.next_member()?;
     }
-    for (href, _) in &refs {
+    check_complete(&refs, mf, &seen)?;
+    let (certificate, certificate_data) = certificate.unzip();
+    let (manifest, manifest_data) = manifest.map(|(name, _, bytes)| (name, bytes)).unzip();
+    Ok(Report {
+        descriptor: ovf.name,
+        descriptor_mtime: ovf.mtime,
+        manifest,
+        manifest_data,
+        certificate,
+        certificate_data,
+        members,
+        descriptor_xml: String::from_utf8_lossy(&ovf_bytes).into_owned(),
+    })
+}
+
+/// The `.cert` member `name`: it parses, names the archive's manifest, and passes `check`.
+fn check_signature(
+    name: &str,
+    data: &[u8],
+    manifest: Option<(&String, &Vec<u8>)>,
+    check: &mut SignatureCheck<'_>,
+) -> Result<(), OvaError> {
+    let cert = crate::cert::CertFile::parse(data)
+        .map_err(|source| OvaError::Certificate { name: name.to_string(), source })?;
+    let Some((mf_name, mf_bytes)) = manifest.filter(|(n, _)| **n == cert.manifest) else {
+        return Err(OvaError::CertificateManifest {
+            name: name.to_string(),
+            signed: cert.manifest,
+            manifest: manifest.map(|(n, _)| n.clone()),
+        });
+    };
+    let signed = Signed {
+        manifest_name: mf_name,
+        manifest: mf_bytes,
+        certificate_name: name,
+        certificate: &cert,
+    };
+    check(&signed).map_err(|r| match r {
+        Rejection::Certificate(source) => {
+            OvaError::CertificateRejected { name: name.to_string(), source }
+        }
+        Rejection::Signature(source) => OvaError::SignatureMismatch {
+            manifest: mf_name.clone(),
+            certificate: name.to_string(),
+            source,
+        },
+    })
+}
+
+/// The manifest member `m`, which must be named after the descriptor's `stem`.
+fn read_manifest<R: Read>(
+    ar: &mut tar::Reader<R>,
+    m: &tar::Member,
+    stem: &str,
+) -> Result<(Manifest, Vec<u8>), OvaError> {
+    let expected = format!("{stem}.mf");
+    if m.name != expected {
+        return Err(OvaError::ManifestName { name: m.name.clone(), expected });
+    }
+    let bytes = read_small(ar, &m.name, m.size, manifest::MAX_MANIFEST_BYTES as u64)?;
+    let mf = Manifest::parse_bytes(&bytes)
+        .map_err(|source| OvaError::Manifest { name: m.name.clone(), source })?;
+    Ok((mf, bytes))
+}
+
+/// One referenced member: its name, its size against `ovf:size`, its digest against the
+/// manifest, and a `.vmdk` walked as a VMDK in the same pass.
+fn verify_member<R: Read>(
+    ar: &mut tar::Reader<R>,
+    m: tar::Member,
+    refs: &[(String, Option<u64>)],
+    seen: &[String],
+    manifest: Option<&Manifest>,
+    buf: &mut [u8],
+) -> Result<MemberReport, OvaError> {
+    check_name(&m.name).map_err(|reason| OvaError::BadName { name: m.name.clone(), reason })?;
+    if seen.contains(&m.name) {
+        return Err(OvaError::Duplicate { name: m.name });
+    }
+    let Some((_, declared)) = refs.iter().find(|(href, _)| *href == m.name) else {
+        return Err(OvaError::Unreferenced { name: m.name });
+    };
+    if let Some(declared) = *declared {
+        if declared != m.size {
+            return Err(OvaError::SizeMismatch { name: m.name, declared, actual: m.size });
+        }
+    }
+    let algorithm = match manifest {
+        Some(mf) => Some(
+            mf.get(&m.name)
+                .ok_or_else(|| OvaError::NotInManifest { name: m.name.clone() })?
+                .algorithm,
+        ),
+        None => None,
+    };
+    let mut hasher = algorithm.map(Hasher::new);
+    // A disk is also walked as a VMDK in the same pass (every grain inflated and checked),
+    // so a corrupt disk is caught even when its manifest line was computed over it.
+    let mut vmdk_result = Ok(());
+    if m.name.to_ascii_lowercase().ends_with(".vmdk") {
+        let mut member = MemberRead { ar: &mut *ar, hasher: hasher.as_mut() };
+        vmdk_result =
+            crate::vmdk::StreamReader::new(&mut member).and_then(|r| r.check()).map(|_| ());
+    }
+    loop {
+        let n = ar.read_data(buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+    }
+    // A digest mismatch (tampering) is the more precise report; then the disk's own error.
+    if let Some(h) = hasher {
+        let d = h.finish();
+        check_digest(manifest, &m.name, |_| d.clone())?;
+    }
+    if let Err(source) = vmdk_result {
+        return Err(match source {
+            crate::vmdk::VmdkError::Read { source, .. }
+                if source.get_ref().is_some_and(|e| e.is::<OvaError>()) =>
+            {
+                *source.into_inner().expect("checked").downcast::<OvaError>().expect("checked")
+            }
+            source => OvaError::Vmdk { name: m.name, source },
+        });
+    }
+    Ok(MemberReport { name: m.name, size: m.size, checked_with: algorithm })
+}
+
+/// Every file the descriptor references and every manifest line has its member.
+fn check_complete(
+    refs: &[(String, Option<u64>)],
+    manifest: Option<&Manifest>,
+    seen: &[String],
+) -> Result<(), OvaError> {
+    for (href, _) in refs {
         if !seen.contains(href) {
             return Err(OvaError::Missing { name: href.clone(), listed_in: "descriptor" });
         }
     }
-    if let Some(mf) = &manifest {
+    if let Some(mf) = manifest {
         for e in &mf.entries {
             if !seen.contains(&e.name) {
                 return Err(OvaError::Missing { name: e.name.clone(), listed_in: "manifest" });
             }
         }
     }
-    Ok(Report {
-        descriptor: ovf.name,
-        manifest: manifest_name,
-        certificate,
-        members,
-        descriptor_xml: String::from_utf8_lossy(&ovf_bytes).into_owned(),
-    })
+    Ok(())
 }
 
 /// Verifies the OVA at `path` (see [`verify`]).
@@ -814,6 +1220,8 @@ mod tar {
     pub(crate) struct Member {
         pub name: String,
         pub size: u64,
+        /// The ustar header's mtime (0 when the field does not parse).
+        pub mtime: u64,
         /// Offset of the member's header in the archive.
         pub offset: u64,
     }
@@ -866,96 +1274,30 @@ mod tar {
             self.skip(self.remaining + self.padding)?;
             self.remaining = 0;
             self.padding = 0;
-            let mut long_name: Option<String> = None;
-            let mut long_size: Option<u64> = None;
+            let mut ext = Extended::default();
             loop {
                 let at = self.offset;
-                let mut h = [0u8; BLOCK];
-                // A clean end of input after the last member is tolerated (some writers omit the
-                // two zero blocks).
-                let mut got = 0;
-                while got < BLOCK {
-                    match self.inner.read(&mut h[got..]) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(source) => return Err(OvaError::Read { offset: at, source }),
-                    }
-                }
-                self.offset += got as u64;
-                if got == 0 && long_name.is_none() && long_size.is_none() {
+                let Some(h) = self.read_header_block(at, ext.is_empty())? else {
                     return Ok(None);
-                }
-                if got < BLOCK {
-                    return Err(self.bad(at, "archive truncated in a header"));
-                }
-                if h.iter().all(|b| *b == 0) {
-                    return Ok(None);
-                }
-                let stored =
-                    parse_octal(&h[148..156]).ok_or_else(|| self.bad(at, "bad checksum field"))?;
-                let mut sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
-                sum = sum - h[148..156].iter().map(|b| u64::from(*b)).sum::<u64>()
-                    + 8 * u64::from(b' ');
-                if sum != stored {
-                    return Err(
-                        self.bad(at, format!("header checksum {stored:o} does not match {sum:o}"))
-                    );
-                }
+                };
                 let size =
                     parse_size(&h[124..136]).ok_or_else(|| self.bad(at, "bad size field"))?;
-                let kind = h[156];
-                match kind {
-                    b'x' | b'L' => {
-                        if size > MAX_EXT_HEADER {
-                            return Err(self.bad(at, format!("extended header of {size} bytes")));
-                        }
-                        let mut data = vec![0u8; size as usize];
-                        self.read_exact(&mut data)?;
-                        self.skip(padding(size))?;
-                        if kind == b'L' {
-                            let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
-                            long_name = Some(
-                                String::from_utf8(data[..end].to_vec())
-                                    .map_err(|_| self.bad(at, "long name is not UTF-8"))?,
-                            );
-                        } else {
-                            for (k, v) in parse_pax(&data).map_err(|r| self.bad(at, r))? {
-                                match k.as_str() {
-                                    "path" => long_name = Some(v),
-                                    "size" => {
-                                        long_size = Some(
-                                            v.parse().map_err(|_| self.bad(at, "bad pax size"))?,
-                                        )
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                    }
+                match h[156] {
+                    kind @ (b'x' | b'L') => self.read_extended(kind, size, at, &mut ext)?,
                     b'g' => {
                         // Global pax header: nothing we need; skip it.
                         self.skip(size + padding(size))?;
                     }
                     b'0' | 0 | b'7' => {
-                        let name = match long_name.take() {
+                        let name = match ext.name.take() {
                             Some(n) => n,
-                            None => {
-                                let name = cstr(&h[0..100]);
-                                let prefix = cstr(&h[345..500]);
-                                let joined = if &h[257..262] == b"ustar" && !prefix.is_empty() {
-                                    [prefix, b"/", name].concat()
-                                } else {
-                                    name.to_vec()
-                                };
-                                String::from_utf8(joined)
-                                    .map_err(|_| self.bad(at, "member name is not UTF-8"))?
-                            }
+                            None => ustar_name(&h).map_err(|r| self.bad(at, r))?,
                         };
-                        let size = long_size.take().unwrap_or(size);
+                        let size = ext.size.take().unwrap_or(size);
                         self.remaining = size;
                         self.padding = padding(size);
-                        return Ok(Some(Member { name, size, offset: at }));
+                        let mtime = parse_octal(&h[136..148]).unwrap_or(0);
+                        return Ok(Some(Member { name, size, mtime, offset: at }));
                     }
                     other => {
                         let name = String::from_utf8_lossy(cstr(&h[0..100])).into_owned();
@@ -963,6 +1305,79 @@ mod tar {
                     }
                 }
             }
+        }
+
+        /// The next header block, its checksum checked; `None` at the end-of-archive marker,
+        /// or at a clean end of input where one may end (`may_end`: no extended header pending;
+        /// some writers omit the two zero blocks).
+        fn read_header_block(
+            &mut self,
+            at: u64,
+            may_end: bool,
+        ) -> Result<Option<[u8; BLOCK]>, OvaError> {
+            let mut h = [0u8; BLOCK];
+            let mut got = 0;
+            while got < BLOCK {
+                match self.inner.read(&mut h[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => return Err(OvaError::Read { offset: at, source }),
+                }
+            }
+            self.offset += got as u64;
+            if got == 0 && may_end {
+                return Ok(None);
+            }
+            if got < BLOCK {
+                return Err(self.bad(at, "archive truncated in a header"));
+            }
+            if h.iter().all(|b| *b == 0) {
+                return Ok(None);
+            }
+            let stored =
+                parse_octal(&h[148..156]).ok_or_else(|| self.bad(at, "bad checksum field"))?;
+            let mut sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+            sum =
+                sum - h[148..156].iter().map(|b| u64::from(*b)).sum::<u64>() + 8 * u64::from(b' ');
+            if sum != stored {
+                return Err(
+                    self.bad(at, format!("header checksum {stored:o} does not match {sum:o}"))
+                );
+            }
+            Ok(Some(h))
+        }
+
+        /// A pax (`x`: `path`, `size`) or GNU long-name (`L`) header for the next member.
+        fn read_extended(
+            &mut self,
+            kind: u8,
+            size: u64,
+            at: u64,
+            ext: &mut Extended,
+        ) -> Result<(), OvaError> {
+            if size > MAX_EXT_HEADER {
+                return Err(self.bad(at, format!("extended header of {size} bytes")));
+            }
+            let mut data = vec![0u8; size as usize];
+            self.read_exact(&mut data)?;
+            self.skip(padding(size))?;
+            if kind == b'L' {
+                let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+                ext.name = Some(
+                    String::from_utf8(data[..end].to_vec())
+                        .map_err(|_| self.bad(at, "long name is not UTF-8"))?,
+                );
+                return Ok(());
+            }
+            for (k, v) in parse_pax(&data).map_err(|r| self.bad(at, r))? {
+                match k.as_str() {
+                    "path" => ext.name = Some(v),
+                    "size" => ext.size = Some(v.parse().map_err(|_| self.bad(at, "bad pax size"))?),
+                    _ => {}
+                }
+            }
+            Ok(())
         }
 
         /// Reads up to `buf.len()` bytes of the current member's data; 0 at its end.
@@ -986,6 +1401,31 @@ mod tar {
             self.remaining -= n as u64;
             Ok(n)
         }
+    }
+
+    /// What extended headers said about the member that follows them.
+    #[derive(Debug, Default)]
+    struct Extended {
+        name: Option<String>,
+        size: Option<u64>,
+    }
+
+    impl Extended {
+        fn is_empty(&self) -> bool {
+            self.name.is_none() && self.size.is_none()
+        }
+    }
+
+    /// A ustar member name: `prefix/name` when the header has a prefix.
+    fn ustar_name(h: &[u8; BLOCK]) -> Result<String, &'static str> {
+        let name = cstr(&h[0..100]);
+        let prefix = cstr(&h[345..500]);
+        let joined = if &h[257..262] == b"ustar" && !prefix.is_empty() {
+            [prefix, b"/", name].concat()
+        } else {
+            name.to_vec()
+        };
+        String::from_utf8(joined).map_err(|_| "member name is not UTF-8")
     }
 
     fn padding(size: u64) -> u64 {

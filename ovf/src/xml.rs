@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesEnd, BytesStart, Event};
 use quick_xml::Reader;
 
 /// The namespace bound to the `xml` prefix by definition.
@@ -329,12 +329,8 @@ pub fn parse(input: &str, limit: usize) -> Result<Element, XmlError> {
     let mut reader = Reader::from_str(input);
     reader.config_mut().check_end_names = true;
     reader.config_mut().check_comments = false;
-
-    // (prefix, uri): prefix None is the default namespace; uri "" undeclares it.
-    let mut scope: Vec<(Option<String>, String)> = vec![(Some("xml".into()), XML_NS.into())];
-    let mut stack: Vec<Open> = Vec::new();
-    let mut root: Option<Element> = None;
-
+    let mut tree =
+        Tree { scope: vec![(Some("xml".into()), XML_NS.into())], stack: Vec::new(), root: None };
     loop {
         let pos = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
         let line = lines.line(pos.min(input.len()));
@@ -343,106 +339,135 @@ pub fn parse(input: &str, limit: usize) -> Result<Element, XmlError> {
             XmlError::Syntax { line: lines.line(at.min(input.len())), message: e.to_string() }
         })?;
         match event {
-            Event::Start(start) | Event::Empty(start) if root.is_some() => {
-                let _ = start;
+            Event::Start(_) | Event::Empty(_) if tree.root.is_some() => {
                 return Err(XmlError::Syntax {
                     line,
                     message: "content after the root element".into(),
                 });
             }
-            Event::Start(start) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(XmlError::TooDeep { line, limit: MAX_DEPTH });
-                }
-                let open = open_element(&start, line, &mut scope)?;
-                if let Some(parent) = stack.last_mut() {
-                    flush_text(parent);
-                }
-                stack.push(open);
-            }
-            Event::Empty(start) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(XmlError::TooDeep { line, limit: MAX_DEPTH });
-                }
-                let open = open_element(&start, line, &mut scope)?;
-                scope.truncate(scope.len() - open.pushed);
-                match stack.last_mut() {
-                    Some(parent) => {
-                        flush_text(parent);
-                        parent.elem.children.push(Node::Element(open.elem));
-                    }
-                    None => root = Some(open.elem),
-                }
-            }
-            Event::End(end) => {
-                let Some(mut open) = stack.pop() else {
-                    return Err(XmlError::Syntax {
-                        line,
-                        message: format!(
-                            "unexpected end tag </{}>",
-                            String::from_utf8_lossy(end.name().as_ref())
-                        ),
-                    });
-                };
-                let _ = &open.raw_name;
-                flush_text(&mut open);
-                scope.truncate(scope.len() - open.pushed);
-                match stack.last_mut() {
-                    Some(parent) => parent.elem.children.push(Node::Element(open.elem)),
-                    None => root = Some(open.elem),
-                }
-            }
+            Event::Start(start) => tree.start(&start, line)?,
+            Event::Empty(start) => tree.empty(&start, line)?,
+            Event::End(end) => tree.end(&end, line)?,
             Event::Text(t) => {
                 let raw = std::str::from_utf8(&t)
                     .map_err(|e| XmlError::Syntax { line, message: e.to_string() })?;
                 let text = t.unescape().map_err(|e| escape_error(&e, &lines, pos, line))?;
-                match stack.last_mut() {
-                    Some(open) => open.text.push_str(&text),
-                    None => {
-                        if !raw.trim().is_empty() {
-                            return Err(XmlError::Syntax {
-                                line,
-                                message: if root.is_some() {
-                                    "text after the root element".into()
-                                } else {
-                                    "text before the root element".into()
-                                },
-                            });
-                        }
-                    }
-                }
+                tree.text(raw, &text, line)?;
             }
             Event::CData(c) => {
                 let text = std::str::from_utf8(&c)
                     .map_err(|e| XmlError::Syntax { line, message: e.to_string() })?;
-                match stack.last_mut() {
-                    Some(open) => open.text.push_str(text),
-                    None => {
-                        return Err(XmlError::Syntax {
-                            line,
-                            message: "CDATA outside the root element".into(),
-                        })
-                    }
-                }
+                tree.cdata(text, line)?;
             }
             Event::DocType(_) => return Err(XmlError::Doctype { line }),
             Event::Comment(_) | Event::PI(_) | Event::Decl(_) => {}
             Event::Eof => break,
         }
     }
-    if let Some(open) = stack.last() {
-        return Err(XmlError::Syntax {
-            line: lines.line(input.len()),
-            message: format!(
-                "document ends inside <{}> (opened on line {})",
-                open.raw_name, open.elem.line
-            ),
-        });
+    tree.finish(lines.line(input.len()))
+}
+
+/// The document being built: namespace scope, open elements, and the root once closed.
+struct Tree {
+    /// (prefix, uri): prefix None is the default namespace; uri "" undeclares it.
+    scope: Vec<(Option<String>, String)>,
+    stack: Vec<Open>,
+    root: Option<Element>,
+}
+
+impl Tree {
+    fn open(&mut self, start: &BytesStart, line: u32) -> Result<Open, XmlError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(XmlError::TooDeep { line, limit: MAX_DEPTH });
+        }
+        open_element(start, line, &mut self.scope)
     }
-    root.ok_or(XmlError::Syntax {
-        line: lines.line(input.len()),
-        message: "no root element".into(),
-    })
+
+    fn start(&mut self, start: &BytesStart, line: u32) -> Result<(), XmlError> {
+        let open = self.open(start, line)?;
+        if let Some(parent) = self.stack.last_mut() {
+            flush_text(parent);
+        }
+        self.stack.push(open);
+        Ok(())
+    }
+
+    fn empty(&mut self, start: &BytesStart, line: u32) -> Result<(), XmlError> {
+        let open = self.open(start, line)?;
+        self.scope.truncate(self.scope.len() - open.pushed);
+        match self.stack.last_mut() {
+            Some(parent) => {
+                flush_text(parent);
+                parent.elem.children.push(Node::Element(open.elem));
+            }
+            None => self.root = Some(open.elem),
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, end: &BytesEnd, line: u32) -> Result<(), XmlError> {
+        let Some(mut open) = self.stack.pop() else {
+            return Err(XmlError::Syntax {
+                line,
+                message: format!(
+                    "unexpected end tag </{}>",
+                    String::from_utf8_lossy(end.name().as_ref())
+                ),
+            });
+        };
+        flush_text(&mut open);
+        self.scope.truncate(self.scope.len() - open.pushed);
+        match self.stack.last_mut() {
+            Some(parent) => parent.elem.children.push(Node::Element(open.elem)),
+            None => self.root = Some(open.elem),
+        }
+        Ok(())
+    }
+
+    /// Text (`raw` as written, `text` unescaped); outside the root only whitespace.
+    fn text(&mut self, raw: &str, text: &str, line: u32) -> Result<(), XmlError> {
+        match self.stack.last_mut() {
+            Some(open) => open.text.push_str(text),
+            None if !raw.trim().is_empty() => {
+                return Err(XmlError::Syntax {
+                    line,
+                    message: if self.root.is_some() {
+                        "text after the root element".into()
+                    } else {
+                        "text before the root element".into()
+                    },
+                });
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn cdata(&mut self, text: &str, line: u32) -> Result<(), XmlError> {
+        match self.stack.last_mut() {
+            Some(open) => {
+                open.text.push_str(text);
+                Ok(())
+            }
+            None => {
+                Err(XmlError::Syntax { line, message: "CDATA outside the root element".into() })
+            }
+        }
+    }
+
+    /// The root, once the input ended outside every element; `end_line` is the last line.
+    fn finish(self, end_line: u32) -> Result<Element, XmlError> {
+        if let Some(open) = self.stack.last() {
+            return Err(XmlError::Syntax {
+                line: end_line,
+                message: format!(
+                    "document ends inside <{}> (opened on line {})",
+                    open.raw_name, open.elem.line
+                ),
+            });
+        }
+        self.root.ok_or(XmlError::Syntax { line: end_line, message: "no root element".into() })
+    }
 }
 
 /// Describes an entity problem in text at its own line (a text run can span many lines).
@@ -638,99 +663,33 @@ fn fresh_prefix(
         .unwrap_or_else(|| "nsx".into())
 }
 
+/// The namespace scope while writing: (prefix, uri) bindings, innermost last.
+type Scope = Vec<(Option<String>, String)>;
+
 fn write_element(
     out: &mut String,
     elem: &Element,
-    scope: &mut Vec<(Option<String>, String)>,
+    scope: &mut Scope,
     reserved: &HashSet<String>,
     depth: usize,
     pretty: bool,
 ) {
     let mark = scope.len();
-    let mut decls: Vec<(Option<String>, String)> = Vec::new();
+    let mut decls: Scope = Vec::new();
     for (p, u) in &elem.ns_decls.0 {
         if p.as_deref() == Some("xml") {
             continue;
         }
         if !decls.iter().any(|(q, _)| q == p) {
-            decls.push((p.clone(), u.clone()));
-            scope.push((p.clone(), u.clone()));
+            declare(scope, &mut decls, p.clone(), u);
         }
     }
-    // The element name.
-    let qname = match &elem.name.ns {
-        Some(uri) => {
-            let pref = elem.name.prefix.as_deref();
-            if pref.is_some() && bound(scope, pref) == Some(uri.as_str()) {
-                elem.name.qualified()
-            } else if bound(scope, None) == Some(uri.as_str()) {
-                elem.name.local.clone()
-            } else if let Some(p) = prefix_for(scope, uri) {
-                format!("{p}:{}", elem.name.local)
-            } else if pref.is_none() {
-                decls.push((None, uri.clone()));
-                scope.push((None, uri.clone()));
-                elem.name.local.clone()
-            } else {
-                let p = fresh_prefix(scope, pref, reserved);
-                decls.push((Some(p.clone()), uri.clone()));
-                scope.push((Some(p.clone()), uri.clone()));
-                format!("{p}:{}", elem.name.local)
-            }
-        }
-        None => {
-            if elem.name.prefix.is_none() && bound(scope, None).is_some_and(|u| !u.is_empty()) {
-                decls.push((None, String::new()));
-                scope.push((None, String::new()));
-            }
-            elem.name.qualified()
-        }
-    };
-    let mut attrs: Vec<(String, &str)> = Vec::with_capacity(elem.attrs.len());
-    for a in &elem.attrs {
-        let q = match &a.name.ns {
-            None => a.name.qualified(),
-            Some(uri) if uri == XML_NS => format!("xml:{}", a.name.local),
-            Some(uri) if uri == XMLNS_NS => continue,
-            Some(uri) => {
-                let pref = a.name.prefix.as_deref();
-                if pref.is_some() && bound(scope, pref) == Some(uri.as_str()) {
-                    a.name.qualified()
-                } else if let Some(p) = prefix_for(scope, uri) {
-                    format!("{p}:{}", a.name.local)
-                } else {
-                    let p = fresh_prefix(scope, pref, reserved);
-                    decls.push((Some(p.clone()), uri.clone()));
-                    scope.push((Some(p.clone()), uri.clone()));
-                    format!("{p}:{}", a.name.local)
-                }
-            }
-        };
-        attrs.push((q, a.value.as_str()));
-    }
-
+    let qname = element_qname(&elem.name, scope, &mut decls, reserved);
+    let attrs = attribute_qnames(elem, scope, &mut decls, reserved);
     if pretty {
-        for _ in 0..depth {
-            out.push_str("  ");
-        }
+        indent(out, depth);
     }
-    out.push('<');
-    out.push_str(&qname);
-    for (p, u) in &decls {
-        match p {
-            Some(p) => {
-                let _ = write!(out, " xmlns:{p}=\"");
-            }
-            None => out.push_str(" xmlns=\""),
-        }
-        escape_attr(out, u);
-        out.push('"');
-    }
-    for (q, v) in &attrs {
-        let _ = write!(out, " {q}=\"");
-        escape_attr(out, v);
-        out.push('"');
-    }
+    write_start_tag(out, &qname, &decls, &attrs);
     if elem.children.is_empty() {
         out.push_str("/>");
     } else {
@@ -750,15 +709,113 @@ fn write_element(
         }
         if child_pretty {
             out.push('\n');
-            for _ in 0..depth {
-                out.push_str("  ");
-            }
+            indent(out, depth);
         }
         out.push_str("</");
         out.push_str(&qname);
         out.push('>');
     }
     scope.truncate(mark);
+}
+
+fn indent(out: &mut String, depth: usize) {
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+}
+
+/// Binds `prefix` to `uri` in scope and lists it among the element's declarations.
+fn declare(scope: &mut Scope, decls: &mut Scope, prefix: Option<String>, uri: &str) {
+    decls.push((prefix.clone(), uri.to_string()));
+    scope.push((prefix, uri.to_string()));
+}
+
+/// The element's qualified name: its own prefix when bound to its namespace, else the default
+/// namespace, another bound prefix, or a new declaration.
+fn element_qname(
+    name: &Name,
+    scope: &mut Scope,
+    decls: &mut Scope,
+    reserved: &HashSet<String>,
+) -> String {
+    match &name.ns {
+        Some(uri) => {
+            let pref = name.prefix.as_deref();
+            if pref.is_some() && bound(scope, pref) == Some(uri.as_str()) {
+                name.qualified()
+            } else if bound(scope, None) == Some(uri.as_str()) {
+                name.local.clone()
+            } else if let Some(p) = prefix_for(scope, uri) {
+                format!("{p}:{}", name.local)
+            } else if pref.is_none() {
+                declare(scope, decls, None, uri);
+                name.local.clone()
+            } else {
+                let p = fresh_prefix(scope, pref, reserved);
+                declare(scope, decls, Some(p.clone()), uri);
+                format!("{p}:{}", name.local)
+            }
+        }
+        None => {
+            if name.prefix.is_none() && bound(scope, None).is_some_and(|u| !u.is_empty()) {
+                declare(scope, decls, None, "");
+            }
+            name.qualified()
+        }
+    }
+}
+
+/// The attributes' qualified names and values (namespace declarations are written from the
+/// scope instead); a namespaced attribute needs a prefix, never the default namespace.
+fn attribute_qnames<'e>(
+    elem: &'e Element,
+    scope: &mut Scope,
+    decls: &mut Scope,
+    reserved: &HashSet<String>,
+) -> Vec<(String, &'e str)> {
+    let mut attrs: Vec<(String, &str)> = Vec::with_capacity(elem.attrs.len());
+    for a in &elem.attrs {
+        let q = match &a.name.ns {
+            None => a.name.qualified(),
+            Some(uri) if uri == XML_NS => format!("xml:{}", a.name.local),
+            Some(uri) if uri == XMLNS_NS => continue,
+            Some(uri) => {
+                let pref = a.name.prefix.as_deref();
+                if pref.is_some() && bound(scope, pref) == Some(uri.as_str()) {
+                    a.name.qualified()
+                } else if let Some(p) = prefix_for(scope, uri) {
+                    format!("{p}:{}", a.name.local)
+                } else {
+                    let p = fresh_prefix(scope, pref, reserved);
+                    declare(scope, decls, Some(p.clone()), uri);
+                    format!("{p}:{}", a.name.local)
+                }
+            }
+        };
+        attrs.push((q, a.value.as_str()));
+    }
+    attrs
+}
+
+/// `<qname` with the declarations and attributes (the caller closes the tag).
+fn write_start_tag(out: &mut String, qname: &str, decls: &Scope, attrs: &[(String, &str)]) {
+    out.push('<');
+    out.push_str(qname);
+    for (p, u) in decls {
+        match p {
+            Some(p) => {
+                let _ = write!(out, " xmlns:{p}=\"");
+            }
+            None => out.push_str(" xmlns=\""),
+        }
+        escape_attr(out, u);
+        out.push('"');
+    }
+    for (q, v) in attrs {
+        let _ = write!(out, " {q}=\"");
+        escape_attr(out, v);
+        out.push('"');
+    }
 }
 
 fn escape_attr(out: &mut String, s: &str) {

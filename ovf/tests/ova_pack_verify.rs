@@ -84,6 +84,23 @@ fn tar_list(path: &Path) -> Vec<String> {
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
 }
 
+/// Extracts `ova` with GNU tar into the fixture's `x/`.
+fn extract(fx: &Fixture, ova: &Path) -> PathBuf {
+    extract_into(fx, ova, "x")
+}
+
+/// Extracts `ova` with GNU tar into the fixture's `dir/`.
+fn extract_into(fx: &Fixture, ova: &Path, dir: &str) -> PathBuf {
+    let x = fx.dir.path().join(dir);
+    std::fs::create_dir(&x).unwrap();
+    let st = Command::new("tar")
+        .args(["-xf", ova.to_str().unwrap(), "-C", x.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    x
+}
+
 #[test]
 fn pack_orders_members_fills_sizes_and_verifies() {
     let fx = fixture();
@@ -104,13 +121,7 @@ fn pack_orders_members_fills_sizes_and_verifies() {
     assert!(report.descriptor_xml.contains("ovf:size=\"14\""));
 
     // The manifest is exactly `SHA256(name)= hex` lines, checked independently with sha256sum.
-    let x = fx.dir.path().join("x");
-    std::fs::create_dir(&x).unwrap();
-    let st = Command::new("tar")
-        .args(["-xf", ova_path.to_str().unwrap(), "-C", x.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let x = extract(&fx, &ova_path);
     let mf = std::fs::read_to_string(x.join("node.mf")).unwrap();
     let lines: Vec<&str> = mf.lines().collect();
     assert_eq!(lines.len(), 3);
@@ -370,4 +381,286 @@ fn verify_walks_vmdk_members_and_names_a_corrupt_disk() {
     let p = custom_ova(dir.path(), "fake.ova", &ovf, None, &[("disk.vmdk", b"not a disk")]);
     let (_, s) = verify_err(&p);
     assert!(s.contains("disk.vmdk") && s.contains("VMDK"), "{s}");
+}
+
+/// The SHA-256 of `pack_to(fixture, [disk, notes])` as written before signatures existed
+/// (computed with the tree at b0eb986): an OVA without a signer stays byte-identical.
+const UNSIGNED_PACK_SHA256: &str =
+    "fada1dc312af231ed73cc108d5f6169b69a3af81136cb4c072f211c20292f18e";
+
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8(out.stdout).unwrap().split(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn an_unsigned_ova_is_byte_identical_to_before_signatures() {
+    let fx = fixture();
+    let path = pack_to(&fx, &[fx.disk.clone(), fx.notes.clone()], "node.ova");
+    assert_eq!(sha256_file(&path), UNSIGNED_PACK_SHA256);
+}
+
+/// Signs like ovftool's certificate file: the manifest's digest line, then a (fake) PEM block.
+/// Not a real signature: what is tested here is where the member goes and what it is made from.
+struct LineSigner;
+
+impl ova::Signer for LineSigner {
+    fn certificate(
+        &self,
+        mf_name: &str,
+        manifest: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        let digest = ovf::manifest::digest(Algorithm::Sha256, manifest).unwrap();
+        Ok(format!(
+            "SHA256({mf_name})= {}\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            hex_lower(&digest)
+        )
+        .into_bytes())
+    }
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn write_to(fx: &Fixture, name: &str, signer: Option<&dyn ova::Signer>) -> PathBuf {
+    let env = ovf::descriptor::Envelope::from_bytes(OVF.as_bytes()).unwrap();
+    let mut env = env;
+    for f in &mut env.references.as_mut().unwrap().files {
+        let p = if f.href == "notes.txt" { &fx.notes } else { &fx.disk };
+        f.size = Some(std::fs::metadata(p).unwrap().len());
+    }
+    let xml = env.to_xml();
+    let files = [OvaFile::new("node-disk1.vmdk", &fx.disk), OvaFile::new("notes.txt", &fx.notes)];
+    let opts = OvaOptions { mtime: 1_700_000_000, manifest: true };
+    let path = fx.dir.path().join(name);
+    let out = std::fs::File::create(&path).unwrap();
+    match signer {
+        Some(s) => ova::write_signed_ova(out, "node.ovf", &xml, &files, &opts, s, &mut |_, _| {}),
+        None => ova::write_ova(out, "node.ovf", &xml, &files, &opts, &mut |_, _| {}),
+    }
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_signed_ova_has_the_cert_right_after_the_manifest_and_verifies() {
+    let fx = fixture();
+    let signed = write_to(&fx, "signed.ova", Some(&LineSigner));
+    assert_eq!(
+        tar_list(&signed),
+        ["node.ovf", "node.mf", "node.cert", "node-disk1.vmdk", "notes.txt"]
+    );
+
+    // The signer saw the manifest exactly as archived.
+    let x = extract(&fx, &signed);
+    let cert = std::fs::read_to_string(x.join("node.cert")).unwrap();
+    assert!(cert.starts_with(&format!("SHA256(node.mf)= {}\n", sha256_file(&x.join("node.mf")))));
+    // The manifest does not list the certificate (it signs the manifest, not the other way).
+    assert!(!std::fs::read_to_string(x.join("node.mf")).unwrap().contains("node.cert"));
+
+    let report = ova::verify_path(&signed).unwrap();
+    assert_eq!(report.certificate.as_deref(), Some("node.cert"));
+    assert_eq!(report.certificate_data.as_deref(), Some(cert.as_bytes()));
+    let names: Vec<_> = report.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["node-disk1.vmdk", "notes.txt"]);
+
+    // Without a signer: the same archive minus the certificate member, and nothing to report.
+    let unsigned = write_to(&fx, "unsigned.ova", None);
+    assert_eq!(tar_list(&unsigned), ["node.ovf", "node.mf", "node-disk1.vmdk", "notes.txt"]);
+    let report = ova::verify_path(&unsigned).unwrap();
+    assert_eq!((report.certificate, report.certificate_data), (None, None));
+}
+
+#[test]
+fn signing_errors_name_the_cert_member() {
+    struct Failing;
+    impl ova::Signer for Failing {
+        fn certificate(
+            &self,
+            _: &str,
+            _: &[u8],
+        ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+            Err("the key is locked".into())
+        }
+    }
+    let fx = fixture();
+    let files = [OvaFile::new("node-disk1.vmdk", &fx.disk)];
+    let run = |signer: &dyn ova::Signer, opts: &OvaOptions, files: &[OvaFile]| {
+        ova::write_signed_ova(Vec::new(), "node.ovf", OVF, files, opts, signer, &mut |_, _| {})
+            .unwrap_err()
+    };
+    let e = run(&Failing, &OvaOptions::default(), &files);
+    assert!(matches!(e, OvaError::Sign { ref name, .. } if name == "node.cert"), "{e:?}");
+    assert_eq!(e.to_string(), "member node.cert: signing the manifest failed");
+    assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "the key is locked");
+
+    let no_mf = OvaOptions { manifest: false, mtime: 0 };
+    let e = run(&LineSigner, &no_mf, &files);
+    assert!(matches!(e, OvaError::SignatureWithoutManifest { ref name } if name == "node.cert"));
+
+    // A file named like the certificate would make two members of one name.
+    let clash = [OvaFile::new("node.cert", &fx.notes)];
+    let e = run(&LineSigner, &OvaOptions::default(), &clash);
+    assert!(matches!(e, OvaError::Duplicate { ref name } if name == "node.cert"), "{e:?}");
+}
+
+#[test]
+fn verify_refuses_an_oversized_or_misplaced_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = b"disk bytes".as_slice();
+    let ovf = simple_ovf(Some(disk.len() as u64));
+    // Too large to be a certificate: refused by name before it is read.
+    let big = vec![b'x'; ova::MAX_CERT_BYTES as usize + 1];
+    let mf = format!(
+        "SHA256(node.ovf)= {}\nSHA256(disk.img)= {}\n",
+        hex_lower(&ovf::manifest::digest(Algorithm::Sha256, ovf.as_bytes()).unwrap()),
+        hex_lower(&ovf::manifest::digest(Algorithm::Sha256, disk).unwrap())
+    );
+    let p = custom_ova(
+        dir.path(),
+        "big.ova",
+        &ovf,
+        Some(&mf),
+        &[("node.cert", &big), ("disk.img", disk)],
+    );
+    let (e, _) = verify_err(&p);
+    assert!(matches!(e, OvaError::TooLarge { ref name, .. } if name == "node.cert"), "{e:?}");
+    // After the files it is just a member the descriptor does not reference.
+    let p = custom_ova(
+        dir.path(),
+        "late.ova",
+        &ovf,
+        Some(&mf),
+        &[("disk.img", disk), ("node.cert", b"c")],
+    );
+    let (e, _) = verify_err(&p);
+    assert!(matches!(e, OvaError::Unreferenced { ref name } if name == "node.cert"), "{e:?}");
+    // Right after the manifest it must parse as a certificate file naming the manifest...
+    let p = custom_ova(
+        dir.path(),
+        "junk.ova",
+        &ovf,
+        Some(&mf),
+        &[("node.cert", b"c"), ("disk.img", disk)],
+    );
+    let (e, _) = verify_err(&p);
+    assert!(matches!(e, OvaError::Certificate { ref name, .. } if name == "node.cert"), "{e:?}");
+    let other =
+        b"SHA256(other.mf)= 00\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let p = custom_ova(
+        dir.path(),
+        "other.ova",
+        &ovf,
+        Some(&mf),
+        &[("node.cert", other), ("disk.img", disk)],
+    );
+    let (e, _) = verify_err(&p);
+    assert_eq!(
+        e.to_string(),
+        "member node.cert: signs other.mf, but the archive's manifest is node.mf"
+    );
+    // ...and then it is accepted and returned (its signature is the caller's to check).
+    let good =
+        b"SHA256(node.mf)= 00\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let p = custom_ova(
+        dir.path(),
+        "ok.ova",
+        &ovf,
+        Some(&mf),
+        &[("node.cert", good), ("disk.img", disk)],
+    );
+    let r = ova::verify_path(&p).unwrap();
+    assert_eq!(r.certificate_data.as_deref(), Some(&good[..]));
+    assert_eq!(r.manifest_data.as_deref(), Some(mf.as_bytes()));
+}
+
+#[test]
+fn signing_an_unsigned_ova_gives_the_bytes_of_writing_it_signed() {
+    let fx = fixture();
+    let unsigned = write_to(&fx, "unsigned.ova", None);
+    let direct = write_to(&fx, "direct.ova", Some(&LineSigner));
+    let out = fx.dir.path().join("resigned.ova");
+    let summary = ova::sign_ova(
+        &unsigned,
+        std::fs::File::create(&out).unwrap(),
+        &LineSigner,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(sha256_file(&out), sha256_file(&direct));
+    assert_eq!((summary.certificate.as_str(), summary.replaced_certificate), ("node.cert", false));
+    assert_eq!(
+        summary.files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["node-disk1.vmdk", "notes.txt"]
+    );
+    // Signing the signed one again replaces its .cert and changes nothing else.
+    let again = fx.dir.path().join("again.ova");
+    let s = ova::sign_ova(
+        &out,
+        std::fs::File::create(&again).unwrap(),
+        &LineSigner,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(s.replaced_certificate);
+    assert_eq!(sha256_file(&again), sha256_file(&direct));
+    // Another mtime: other tar headers, the same member bytes.
+    let later = fx.dir.path().join("later.ova");
+    ova::sign_ova(
+        &unsigned,
+        std::fs::File::create(&later).unwrap(),
+        &LineSigner,
+        Some(5),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_ne!(sha256_file(&later), sha256_file(&direct));
+    let (a, b) = (extract_into(&fx, &later, "later"), extract_into(&fx, &direct, "direct"));
+    for name in ["node.ovf", "node.mf", "node.cert", "node-disk1.vmdk", "notes.txt"] {
+        assert_eq!(sha256_file(&a.join(name)), sha256_file(&b.join(name)), "{name}");
+    }
+    // A broken input is refused before anything is written.
+    let broken = fx.dir.path().join("broken.ova");
+    let mut bytes = std::fs::read(&unsigned).unwrap();
+    let n = bytes.len();
+    bytes[n - 2000] ^= 1;
+    std::fs::write(&broken, bytes).unwrap();
+    let mut sink = Vec::new();
+    assert!(ova::sign_ova(&broken, &mut sink, &LineSigner, None, &mut |_, _| {}).is_err());
+    assert!(sink.is_empty());
+}
+
+#[test]
+fn verify_with_checks_the_archived_manifest_before_the_members() {
+    let fx = fixture();
+    let signed = write_to(&fx, "signed.ova", Some(&LineSigner));
+    let x = extract(&fx, &signed);
+    let mf = std::fs::read(x.join("node.mf")).unwrap();
+    let mut seen = None;
+    let open = || std::fs::File::open(&signed).unwrap();
+    ova::verify_with(open(), &mut |s| {
+        seen = Some((
+            s.manifest_name.to_string(),
+            s.manifest.to_vec(),
+            s.certificate_name.to_string(),
+        ));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, Some(("node.mf".to_string(), mf, "node.cert".to_string())));
+    let e =
+        ova::verify_with(open(), &mut |_| Err(ova::Rejection::Signature("no".into()))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "member node.mf: the signature in node.cert does not verify over it (the manifest or the signature changed after signing)"
+    );
+    let e = ova::verify_with(open(), &mut |_| Err(ova::Rejection::Certificate("bad".into())))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "member node.cert: unusable signing certificate");
+    // An unsigned OVA never calls the check.
+    let unsigned = write_to(&fx, "unsigned.ova", None);
+    ova::verify_with(std::fs::File::open(&unsigned).unwrap(), &mut |_| panic!("called")).unwrap();
 }

@@ -190,9 +190,143 @@ fn rebuilding_from_the_same_inputs_gives_the_same_ova() {
     let a = std::fs::read(first.join("lb.ova")).unwrap();
     let b = std::fs::read(again.join("lb.ova")).unwrap();
     assert!(a == b, "lb.ova differs between two builds of the same inputs");
+    for sbom in ["lb.spdx.json", "lb.cdx.json"] {
+        let (a, b) =
+            (std::fs::read(first.join(sbom)).unwrap(), std::fs::read(again.join(sbom)).unwrap());
+        assert!(a == b, "{sbom} differs between two builds of the same inputs");
+    }
     let ra: serde_json::Value =
         serde_json::from_slice(&std::fs::read(again.join("lb.build.json")).unwrap()).unwrap();
     let cached: Vec<bool> =
         ra["stages"].as_array().unwrap().iter().map(|s| s["cached"] == true).collect();
     assert_eq!(cached[1..4], [false, false, false], "the rebuild must redo customize..outputs");
+}
+
+/// The SBOM oracles' venv (`scripts/setup`): `$CAPSTAN_TOOLS_DIR/venv/bin/NAME`.
+fn sbom_tool(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::var_os("CAPSTAN_TOOLS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/capstan-tools")
+        });
+    let path = dir.join("venv/bin").join(name);
+    assert!(path.is_file(), "{} is missing: run scripts/setup", path.display());
+    path
+}
+
+/// (name, version, purl) of every Debian package in an SPDX document.
+fn spdx_debs(doc: &serde_json::Value) -> std::collections::BTreeSet<(String, String, String)> {
+    doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let purl =
+                p["externalRefs"].as_array()?.iter().find(|r| r["referenceType"] == "purl")?
+                    ["referenceLocator"]
+                    .as_str()?;
+            purl.starts_with("pkg:deb/").then(|| {
+                let f = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                (f("name"), f("versionInfo"), purl.to_string())
+            })
+        })
+        .collect()
+}
+
+/// What syft reads of a Debian root (the dpkg database, os-release, copyright files), copied
+/// out of the ext4 root partition of `image` with debugfs into `tmp/root`.
+fn sealed_dpkg_root(image: &std::path::Path, tmp: &std::path::Path) -> std::path::PathBuf {
+    let raw = tmp.join("disk.raw");
+    run(Command::new("qemu-img").args(["convert", "-O", "raw", s(image), s(&raw)])).unwrap();
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").args(["--json", s(&raw)])).unwrap())
+            .unwrap();
+    // The x86-64 root and /usr partition types (Discoverable Partitions), as the builder
+    // writes them; with a verified /usr, /usr's files are in the usr partition.
+    let start_of = |t: &str| {
+        table["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == t)
+            .and_then(|p| p["start"].as_u64())
+    };
+    let start = start_of("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709").expect("a root partition");
+    let usr = start_of("8484680C-9521-48C6-9C11-B0720656F69E");
+    let root = tmp.join("root");
+    for d in ["var/lib", "etc", "usr/share"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let r = |p: &str| root.join(p).display().to_string();
+    let in_usr = if usr.is_some() { "" } else { "/usr" };
+    let debugfs = |script: String, at: u64, name: &str| {
+        std::fs::write(tmp.join(name), script).unwrap();
+        let dev = format!("{}?offset={}", s(&raw), at * 512);
+        run(Command::new("debugfs").arg("-f").arg(tmp.join(name)).arg(dev)).unwrap();
+    };
+    debugfs(format!("rdump /var/lib/dpkg {}\n", r("var/lib")), start, "cmds");
+    debugfs(
+        format!(
+            "rdump {in_usr}/share/doc {}\ndump {in_usr}/lib/os-release {}\n",
+            r("usr/share"),
+            r("etc/os-release")
+        ),
+        usr.unwrap_or(start),
+        "usr-cmds",
+    );
+    assert!(root.join("var/lib/dpkg/status").is_file(), "no dpkg status in {}", image.display());
+    root
+}
+
+#[test]
+fn lb_sboms_are_in_the_image_and_beside_it_and_match_syft_on_the_sealed_root() {
+    let dir = lb_image();
+    let spdx = std::fs::read(dir.join("lb.spdx.json")).unwrap();
+    let cdx = std::fs::read(dir.join("lb.cdx.json")).unwrap();
+    // The image carries the same SPDX document; converted, it is the CycloneDX beside it.
+    let out = Command::new(capstan()).args(["image", "sbom", s(&dir.join("lb.qcow2"))]).output();
+    assert!(out.as_ref().unwrap().status.success(), "{out:?}");
+    assert!(out.unwrap().stdout == spdx, "the image's SPDX differs from lb.spdx.json");
+    let out = Command::new(capstan())
+        .args(["image", "sbom", s(&dir.join("lb.ova")), "--format", "cyclonedx"])
+        .output()
+        .unwrap();
+    assert!(out.stdout == cdx, "converted SPDX differs from lb.cdx.json");
+    // Each is published and reported once.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("lb.build.json")).unwrap()).unwrap();
+    let sboms: Vec<&str> = report["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["kind"] == "sbom")
+        .map(|o| o["path"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(sboms, ["lb.spdx.json", "lb.cdx.json"]);
+    // syft on the sealed root the image holds (read out of the disk: the customize stage's
+    // entry may be rebuilt by another test meanwhile).
+    let tmp = tempfile::tempdir().unwrap();
+    let root = sealed_dpkg_root(&dir.join("lb.qcow2"), tmp.path());
+    let theirs = tmp.path().join("syft.json");
+    run(Command::new(sbom_tool("syft"))
+        .arg(format!("dir:{}", s(&root)))
+        .args(["-q", "-o"])
+        .arg(format!("spdx-json={}", s(&theirs))))
+    .unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&theirs).unwrap()).unwrap();
+    let ours: serde_json::Value = serde_json::from_slice(&spdx).unwrap();
+    let (ours_debs, theirs_debs) = (spdx_debs(&ours), spdx_debs(&theirs));
+    assert!(ours_debs.len() > 100, "{} packages", ours_debs.len());
+    assert_eq!(ours_debs, theirs_debs, "our packages and purls differ from syft's");
+    // Every package has its .deb's SHA-256 (the rootfs stage listed them), the agent is there.
+    let packages = ours["packages"].as_array().unwrap();
+    let no_sum: Vec<&str> = packages
+        .iter()
+        .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-deb-"))
+        .filter(|p| p["checksums"][0]["checksumValue"].as_str().map(str::len) != Some(64))
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(no_sum.is_empty(), "packages without a .deb SHA-256: {no_sum:?}");
+    assert!(packages.iter().any(|p| p["name"] == "capstan-agent"));
+    run(Command::new(sbom_tool("pyspdxtools")).arg("-i").arg(dir.join("lb.spdx.json"))).unwrap();
 }

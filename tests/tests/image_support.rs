@@ -154,3 +154,30 @@ pub fn step<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
         .and_then(|a| a.iter().find(|s| s["name"] == name))
         .unwrap_or_else(|| panic!("no step {name} in {status:#}"))
 }
+
+/// Asserts what every lab boot in these tests gives the appliance, whatever delivered it: the
+/// ready report, `hostname` applied, the static address 10.0.2.15/24 live, one SSH key for the
+/// user, and host keys generated in the guest (per instance, never baked).
+pub fn assert_identity_applied(r: &serde_json::Value, hostname: &str) {
+    assert_eq!(r["ready"], true, "{r:#}");
+    let st = &r["status"];
+    let h = step(st, "hostname");
+    assert_eq!(h["status"], "ok", "{h:#}");
+    assert!(h["detail"].as_str().unwrap().contains(hostname), "{h:#}");
+    let n = step(st, "network");
+    assert_eq!(n["status"], "ok", "{n:#}");
+    let live = step(st, "network-live");
+    assert!(
+        live["detail"].as_str().unwrap().contains("10.0.2.15/24"),
+        "static address not applied: {live:#}"
+    );
+    let u = step(st, "users");
+    assert_eq!(u["status"], "ok", "{u:#}");
+    assert!(u["detail"].as_str().unwrap().contains("1 key"), "{u:#}");
+    assert_eq!(step(st, "ssh-host-keys")["status"], "ok");
+}
+
+/// The names of the sources an agent status says it read, in order.
+pub fn source_names(status: &serde_json::Value) -> Vec<&str> {
+    status["sources"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect()
+}

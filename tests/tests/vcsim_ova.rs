@@ -1,5 +1,6 @@
 //! An OVA made by `capstan ova pack` goes through the vCenter API flow in vcsim: import,
-//! mark as template, clone; `govc import.spec` lists the ProductSection properties.
+//! mark as template, clone; `govc import.spec` lists the ProductSection properties. The same
+//! OVA signed by `capstan ova sign` (`.ovf`, `.mf`, `.cert`, disk) imports too.
 //!
 //! vcsim checks OVF structure loosely and never reads the disk: this proves the API flow;
 //! the VMDK and manifest are checked by qemu-img and `capstan ova verify` elsewhere.
@@ -103,25 +104,81 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn capstan_ova_imports_templates_and_clones_in_vcsim() {
-    let dir = tempfile::tempdir().unwrap();
+/// `capstan-node.ova` in `dir`: a 16 MiB disk with some content as a streamOptimized VMDK,
+/// packed with the descriptor above and verified.
+fn packed_ova(dir: &Path) -> std::path::PathBuf {
     let capstan = capstan_bin();
-
-    // A 16 MiB disk with some content, as a streamOptimized VMDK, then the OVA.
-    let raw = dir.path().join("disk.raw");
+    let raw = dir.join("disk.raw");
     let mut data = vec![0u8; 16 << 20];
     for (i, b) in data.iter_mut().enumerate().take(3 << 20) {
         *b = (i % 251) as u8;
     }
     std::fs::write(&raw, &data).unwrap();
-    let vmdk = dir.path().join("capstan-node-disk1.vmdk");
+    let vmdk = dir.join("capstan-node-disk1.vmdk");
     run(Command::new(&capstan).args(["vmdk", "convert", s(&raw), s(&vmdk)])).unwrap();
-    let ovf = dir.path().join("capstan-node.ovf");
+    let ovf = dir.join("capstan-node.ovf");
     std::fs::write(&ovf, OVF).unwrap();
-    let ova = dir.path().join("capstan-node.ova");
+    let ova = dir.join("capstan-node.ova");
     run(Command::new(&capstan).args(["ova", "pack", "--ovf", s(&ovf), "-o", s(&ova)])).unwrap();
     run(Command::new(&capstan).args(["ova", "verify", s(&ova)])).unwrap();
+    ova
+}
+
+/// `govc import.ova` of `ova` as VM `name` into vcsim's default pool and datastore.
+fn import_ova(sim: &Vcsim, name: &str, ova: &Path) {
+    sim.govc(&["import.ova", "-pool", Vcsim::POOL, "-ds", Vcsim::DS, "-name", name, s(ova)])
+        .unwrap();
+}
+
+#[test]
+fn a_signed_ova_imports_in_vcsim() {
+    let dir = tempfile::tempdir().unwrap();
+    let ova = packed_ova(dir.path());
+    let (key, cert, signed) =
+        (dir.path().join("k.pem"), dir.path().join("c.pem"), dir.path().join("signed.ova"));
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&cert),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Capstan vcsim test",
+    ]))
+    .unwrap();
+    run(Command::new(capstan_bin()).args([
+        "ova",
+        "sign",
+        s(&ova),
+        "--key",
+        s(&key),
+        "--cert",
+        s(&cert),
+        "-o",
+        s(&signed),
+    ]))
+    .unwrap();
+    let out =
+        run(Command::new(capstan_bin()).args(["ova", "verify", "--require-signature", s(&signed)]))
+            .unwrap();
+    assert!(out.contains("signer       CN=Capstan vcsim test"), "{out}");
+
+    let sim = Vcsim::start().expect("vcsim (built by ../shared/tools/vcsim.sh) must run");
+    import_ova(&sim, "capstan-signed", &signed);
+    let found = sim.govc(&["find", "/", "-type", "m", "-name", "capstan-signed"]).unwrap();
+    assert!(found.contains("capstan-signed"), "imported VM not found: {found}");
+}
+
+#[test]
+fn capstan_ova_imports_templates_and_clones_in_vcsim() {
+    let dir = tempfile::tempdir().unwrap();
+    let ova = packed_ova(dir.path());
 
     let sim = Vcsim::start().expect("vcsim (built by ../shared/tools/vcsim.sh) must run");
 
@@ -142,17 +199,7 @@ fn capstan_ova_imports_templates_and_clones_in_vcsim() {
         );
     }
 
-    sim.govc(&[
-        "import.ova",
-        "-pool",
-        Vcsim::POOL,
-        "-ds",
-        Vcsim::DS,
-        "-name",
-        "capstan-node",
-        s(&ova),
-    ])
-    .unwrap();
+    import_ova(&sim, "capstan-node", &ova);
     sim.govc(&["vm.markastemplate", "capstan-node"]).unwrap();
     let info = sim.govc(&["vm.info", "-json", "capstan-node"]).unwrap();
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();

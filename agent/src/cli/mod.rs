@@ -1,16 +1,9 @@
-//! The `capstan-agent` commands. `main.rs` calls [`parse`], then [`run`]; every command
-//! returns its exit code, and errors are printed once with their causes.
+//! The `capstan-agent` command line: clap types and printing only. `main.rs` calls [`parse`],
+//! then [`run`]; the commands call the engine ([`crate::boot`]) and the daemon
+//! ([`crate::daemon`]), print what they return, and map it to the exit code in one place
+//! ([`commands::exit_code`]); errors are printed once with their causes.
 
-mod cloudconfig;
 mod commands;
-pub mod plan;
-
-/// The building blocks the daemon reuses.
-pub mod commands_api {
-    pub use super::commands::{
-        apply_gathered, apply_once, human_status, schema_json, source_options,
-    };
-}
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -19,7 +12,9 @@ use std::path::PathBuf;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use commands::{config_check, firstboot, render, status};
+pub use commands::{
+    config_check, exit_code, firstboot, human_status, render, schema_json, status, CliError, Done,
+};
 
 /// Exit code: every step succeeded or was skipped.
 pub const EXIT_OK: i32 = 0;
@@ -52,6 +47,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which steps `firstboot` runs (the engine's [`crate::steps::Stage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageArg {
+    /// Identity, network files and addresses, DNS, NTP, `bootcmd`, `write_files`, users:
+    /// before the network starts (`capstan-agent-firstboot.service`).
+    Early,
+    /// Wait (bounded) for a routable address, deferred `write_files`, `runcmd`: after
+    /// `network-online.target` and the container runtime (`capstan-agent-final.service`).
+    Final,
+    /// Both, in order (tests, `--root` runs, the daemon's re-run for a new instance-id).
+    All,
+}
+
+impl From<StageArg> for crate::steps::Stage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Early => crate::steps::Stage::Early,
+            StageArg::Final => crate::steps::Stage::Final,
+            StageArg::All => crate::steps::Stage::All,
+        }
+    }
+}
+
 /// Where sources are read from.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
@@ -65,6 +83,53 @@ pub struct SourceArgs {
     /// Read guestinfo keys from files in DIR (`DIR/guestinfo.metadata` or `DIR/metadata`).
     #[arg(long, value_name = "DIR")]
     pub guestinfo_dir: Option<PathBuf>,
+    /// Read this provider instead of detecting one: `nocloud:DIR` (a directory holding a
+    /// NoCloud seed's meta-data, user-data, vendor-data, network-config), `configdrive:DIR` (a
+    /// config drive's files, openstack/latest/...) or `ec2[:URL]` (an IMDS base URL, default
+    /// http://169.254.169.254).
+    #[arg(long, value_name = "KIND:WHERE")]
+    pub provider: Option<crate::sources::ProviderSpec>,
+}
+
+impl SourceArgs {
+    /// The engine's options.
+    pub fn options(&self) -> crate::boot::Options {
+        crate::boot::Options {
+            root: self.root.clone(),
+            ovf_env: self.ovf_env.clone(),
+            guestinfo_dir: self.guestinfo_dir.clone(),
+            provider: self.provider.clone(),
+        }
+    }
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Sources (with `--root`, state and the socket live under DIR and the role is not started).
+    #[command(flatten)]
+    pub src: SourceArgs,
+    /// The status socket (default `/run/capstan/agent.sock`, under `--root` if given).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Seconds between polls of the sources for a new instance-id.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll: u64,
+    /// Keep all capabilities (for debugging).
+    #[arg(long)]
+    pub keep_caps: bool,
+}
+
+impl RunArgs {
+    /// The daemon's options.
+    pub fn options(&self) -> crate::daemon::Options {
+        crate::daemon::Options {
+            boot: self.src.options(),
+            socket: self.socket.clone(),
+            poll: std::time::Duration::from_secs(self.poll),
+            keep_caps: self.keep_caps,
+        }
+    }
 }
 
 /// Commands.
@@ -84,7 +149,7 @@ pub enum Command {
         /// or `all`, in order. The final stage waits up to 120 s (CAPSTAN_ONLINE_TIMEOUT) for a
         /// routable address; not under --root.
         #[arg(long, value_enum, default_value = "all", value_name = "STAGE")]
-        stage: crate::steps::Stage,
+        stage: StageArg,
         /// Under --root, also run bootcmd/runcmd (on the host, in DIR).
         #[arg(long)]
         run_commands: bool,
@@ -114,7 +179,27 @@ pub enum Command {
         src: SourceArgs,
     },
     /// The daemon: status socket, instance-id watch, role.
-    Run(crate::daemon::RunArgs),
+    Run(RunArgs),
+    /// Prepare this running VM to be forked (vSphere Instant Clone, `capstan lab clone`):
+    /// synchronize the journal and sync every filesystem, write the marker
+    /// /run/capstan/frozen.json, print the `CAPSTAN-FROZEN {json}` console line, publish
+    /// guestinfo.capstan.state, and on VMware call `instantclone.freeze`, which returns once
+    /// the VM runs again. The daemon then polls for the child's new identity every 100 ms.
+    Freeze {
+        /// Apply under DIR instead of `/` (no journal, no RPC; the console line goes to
+        /// DIR/dev/console).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Publish the state to guestinfo files in DIR instead of the detected transport.
+        #[arg(long, value_name = "DIR")]
+        guestinfo_dir: Option<PathBuf>,
+        /// Do not call the hypervisor's freeze RPC, even on VMware.
+        #[arg(long)]
+        no_rpc: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `config` subcommands.
@@ -209,9 +294,9 @@ pub fn usage_exit_code(kind: ErrorKind) -> i32 {
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> i32 {
     init_logging(cli.log_format);
-    match cli.command {
+    let outcome = match cli.command {
         Command::Firstboot { src, run_commands, scrub, stage } => {
-            firstboot(&src, run_commands, scrub, stage)
+            firstboot(&src, run_commands, scrub, stage.into())
         }
         Command::Status { root, json } => status(root.as_deref(), json),
         Command::Config { command } => match command {
@@ -221,8 +306,14 @@ pub fn run(cli: Cli) -> i32 {
             ConfigCommand::Check { file } => config_check(&file),
         },
         Command::Render { src } => render(&src),
-        Command::Run(args) => crate::daemon::main(args),
-    }
+        Command::Freeze { root, guestinfo_dir, no_rpc, json } => {
+            commands::freeze(root.as_deref(), guestinfo_dir.as_deref(), no_rpc, json)
+        }
+        Command::Run(args) => {
+            crate::daemon::main(args.options()).map(|()| Done::Ok).map_err(CliError::from)
+        }
+    };
+    exit_code(outcome)
 }
 
 #[cfg(test)]

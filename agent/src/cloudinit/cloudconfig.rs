@@ -199,7 +199,7 @@ fn parse_file(i: usize, v: &Value, cx: &mut Cx) -> Result<WriteFile, CloudInitEr
         return Err(cx.err(format!("{base}.path"), "must be an absolute path"));
     }
     let mut content = String::new();
-    let mut encoding = Encoding::Text;
+    let mut encoding = Encoding::Raw;
     let mut permissions = UnixMode::new(0o644).map_err(|e| cx.err(&base, e.to_string()))?;
     let mut owner = Owner::default();
     let (mut append, mut defer) = (false, false);
@@ -233,9 +233,8 @@ fn parse_file(i: usize, v: &Value, cx: &mut Cx) -> Result<WriteFile, CloudInitEr
             _ => cx.warn(&key, "unknown key, ignored"),
         }
     }
-    let content = encoding
-        .decode(&content)
-        .map_err(|e| cx.err(format!("{base}.content"), crate::steps::error_chain(&e)))?;
+    let content = crate::steps::files::decode(encoding, &content)
+        .map_err(|e| cx.err(format!("{base}.content"), crate::error::chain(&e)))?;
     Ok(WriteFile { path, content, permissions, owner, append, defer })
 }
 

@@ -7,8 +7,11 @@
 //! e.g. `metadata: network.ethernets.id0.addresses[1]: invalid CIDR "10.0.0.300/24": ...`.
 //! The text given here is already decoded (base64, gzip) and rendered (jinja) by the sources.
 
+pub mod cabpk;
 pub mod cloudconfig;
 pub mod netplan;
+pub mod netv1;
+pub mod openstack;
 
 use serde_yaml::Value;
 
@@ -226,9 +229,8 @@ pub fn parse_metadata(text: &str) -> Result<Metadata, CloudInitError> {
                     (Value::String(s), Some(enc)) => {
                         let e: crate::steps::Encoding =
                             enc.parse().map_err(|e| cx.err("network.encoding", format!("{e}")))?;
-                        let bytes = e
-                            .decode(s)
-                            .map_err(|e| cx.err("network", crate::steps::error_chain(&e)))?;
+                        let bytes = crate::steps::files::decode(e, s)
+                            .map_err(|e| cx.err("network", crate::error::chain(&e)))?;
                         let text = String::from_utf8(bytes)
                             .map_err(|_| cx.err("network", "decoded network is not UTF-8"))?;
                         decoded = Value::Mapping(

@@ -90,56 +90,12 @@ fn parse_nic(id: &str, v: &Value, cx: &mut Cx) -> Result<Nic, CloudInitError> {
         let key = format!("{base}.{k}");
         let bad = |e: crate::types::ValueError| cx.err(&key, e.to_string());
         match k.as_str() {
-            "match" => {
-                let mm = cx.mapping(v, &key)?;
-                for (mk, mv) in cx.entries(mm, &key) {
-                    let mkey = format!("{key}.{mk}");
-                    match mk.as_str() {
-                        "macaddress" => {
-                            nic.mac = Some(
-                                cx.string(mv, &mkey)?
-                                    .trim()
-                                    .parse()
-                                    .map_err(|e| cx.err(&mkey, format!("{e}")))?,
-                            )
-                        }
-                        "name" => {
-                            nic.match_name = Some(
-                                cx.string(mv, &mkey)?
-                                    .parse()
-                                    .map_err(|e| cx.err(&mkey, format!("{e}")))?,
-                            )
-                        }
-                        "driver" => cx.warn(&mkey, "matching by driver is not supported, ignored"),
-                        _ => cx.warn(&mkey, "unknown key, ignored"),
-                    }
-                }
-            }
+            "match" => parse_match(&mut nic, v, &key, cx)?,
             "set-name" => nic.set_name = Some(cx.string(v, &key)?.parse().map_err(bad)?),
             "wakeonlan" => nic.wakeonlan = cx.boolean(v, &key)?,
             "dhcp4" => nic.dhcp4 = cx.boolean(v, &key)?,
             "dhcp6" => nic.dhcp6 = cx.boolean(v, &key)?,
-            "addresses" => {
-                let Value::Sequence(items) = v else {
-                    return Err(cx.err(
-                        &key,
-                        format!("expected a list of addresses, got {}", super::kind(v)),
-                    ));
-                };
-                for (i, a) in items.iter().enumerate() {
-                    let akey = format!("{key}[{i}]");
-                    let s = match a {
-                        Value::String(s) => s.trim().to_owned(),
-                        other => {
-                            return Err(cx.err(
-                                &akey,
-                                format!("expected \"address/prefix\", got {}", super::kind(other)),
-                            ))
-                        }
-                    };
-                    nic.addresses.push(s.parse().map_err(|e| cx.err(&akey, format!("{e}")))?);
-                }
-            }
+            "addresses" => nic.addresses = parse_addresses(v, &key, cx)?,
             "gateway4" => {
                 let s = cx.string(v, &key)?;
                 gateway4 = Some(
@@ -166,34 +122,7 @@ fn parse_nic(id: &str, v: &Value, cx: &mut Cx) -> Result<Nic, CloudInitError> {
                     nic.routes.push(parse_route(&format!("{key}[{i}]"), r, cx)?);
                 }
             }
-            "nameservers" => {
-                let nm = cx.mapping(v, &key)?;
-                for (nk, nv) in cx.entries(nm, &key) {
-                    let nkey = format!("{key}.{nk}");
-                    match nk.as_str() {
-                        "addresses" => {
-                            for (i, s) in cx.strings(nv, &nkey)?.iter().enumerate() {
-                                nic.nameservers.push(s.trim().parse().map_err(|_| {
-                                    cx.err(
-                                        format!("{nkey}[{i}]"),
-                                        format!("{s:?} is not an IP address"),
-                                    )
-                                })?);
-                            }
-                        }
-                        "search" => {
-                            for (i, s) in cx.strings(nv, &nkey)?.iter().enumerate() {
-                                nic.search.push(
-                                    s.trim().parse().map_err(|e| {
-                                        cx.err(format!("{nkey}[{i}]"), format!("{e}"))
-                                    })?,
-                                );
-                            }
-                        }
-                        _ => cx.warn(&nkey, "unknown key, ignored"),
-                    }
-                }
-            }
+            "nameservers" => parse_nameservers(&mut nic, v, &key, cx)?,
             "mtu" => nic.mtu = Some(cx.uint(v, &key)?),
             "optional" | "critical" | "dhcp-identifier" => {}
             "dhcp4-overrides" | "dhcp6-overrides" | "accept-ra" | "link-local" | "ipv6-privacy"
@@ -213,6 +142,86 @@ fn parse_nic(id: &str, v: &Value, cx: &mut Cx) -> Result<Nic, CloudInitError> {
         })?);
     }
     Ok(nic)
+}
+
+/// `match:` of an ethernet: `macaddress` and `name` (driver matching is not supported).
+fn parse_match(nic: &mut Nic, v: &Value, key: &str, cx: &mut Cx) -> Result<(), CloudInitError> {
+    let mm = cx.mapping(v, key)?;
+    for (mk, mv) in cx.entries(mm, key) {
+        let mkey = format!("{key}.{mk}");
+        match mk.as_str() {
+            "macaddress" => {
+                nic.mac = Some(
+                    cx.string(mv, &mkey)?
+                        .trim()
+                        .parse()
+                        .map_err(|e| cx.err(&mkey, format!("{e}")))?,
+                )
+            }
+            "name" => {
+                nic.match_name =
+                    Some(cx.string(mv, &mkey)?.parse().map_err(|e| cx.err(&mkey, format!("{e}")))?)
+            }
+            "driver" => cx.warn(&mkey, "matching by driver is not supported, ignored"),
+            _ => cx.warn(&mkey, "unknown key, ignored"),
+        }
+    }
+    Ok(())
+}
+
+/// `addresses:` of an ethernet: a list of `address/prefix` strings.
+fn parse_addresses(v: &Value, key: &str, cx: &mut Cx) -> Result<Vec<IpCidr>, CloudInitError> {
+    let Value::Sequence(items) = v else {
+        return Err(cx.err(key, format!("expected a list of addresses, got {}", super::kind(v))));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, a) in items.iter().enumerate() {
+        let akey = format!("{key}[{i}]");
+        let s = match a {
+            Value::String(s) => s.trim().to_owned(),
+            other => {
+                return Err(cx.err(
+                    &akey,
+                    format!("expected \"address/prefix\", got {}", super::kind(other)),
+                ))
+            }
+        };
+        out.push(s.parse().map_err(|e| cx.err(&akey, format!("{e}")))?);
+    }
+    Ok(out)
+}
+
+/// `nameservers:` of an ethernet: `addresses` and `search`.
+fn parse_nameservers(
+    nic: &mut Nic,
+    v: &Value,
+    key: &str,
+    cx: &mut Cx,
+) -> Result<(), CloudInitError> {
+    let nm = cx.mapping(v, key)?;
+    for (nk, nv) in cx.entries(nm, key) {
+        let nkey = format!("{key}.{nk}");
+        match nk.as_str() {
+            "addresses" => {
+                for (i, s) in cx.strings(nv, &nkey)?.iter().enumerate() {
+                    nic.nameservers.push(s.trim().parse().map_err(|_| {
+                        cx.err(format!("{nkey}[{i}]"), format!("{s:?} is not an IP address"))
+                    })?);
+                }
+            }
+            "search" => {
+                for (i, s) in cx.strings(nv, &nkey)?.iter().enumerate() {
+                    nic.search.push(
+                        s.trim()
+                            .parse()
+                            .map_err(|e| cx.err(format!("{nkey}[{i}]"), format!("{e}")))?,
+                    );
+                }
+            }
+            _ => cx.warn(&nkey, "unknown key, ignored"),
+        }
+    }
+    Ok(())
 }
 
 fn parse_route(key: &str, v: &Value, cx: &mut Cx) -> Result<Route, CloudInitError> {

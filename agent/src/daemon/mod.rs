@@ -1,52 +1,90 @@
 //! `capstan-agent run`: the node daemon.
 //!
-//! - serves the status JSON on a unix socket (`/run/capstan/agent.sock`): connect, read to EOF;
-//! - polls the sources every few seconds and re-runs first boot when the instance-id changes
-//!   (an instant clone keeps its parent's memory and disk: guestinfo tells it who it is now);
-//! - starts the `lb` role when `role = lb`;
-//! - keeps only the capabilities those jobs need ([`KEPT_CAPS`]), in the bounding set too, so
-//!   nothing it spawns gets more.
+//! - serves the status JSON on a unix socket (`/run/capstan/agent.sock`): connect, read to EOF
+//!   ([`socket`]);
+//! - watches the instance's identity and, when the instance-id changes, re-identifies the
+//!   running machine (an instant clone keeps its parent's memory and disk: guestinfo tells it
+//!   who it is now; [`crate::reidentify`]). Each poll asks one cheap question
+//!   ([`crate::sources::identity`]: the few guestinfo keys that name the instance and the
+//!   SMBIOS UUID); only when the answer changes are the sources gathered again ([`watch`]). It
+//!   polls faster while the VM is frozen for forking, and at once on the kernel's vmgenid
+//!   uevent;
+//! - starts the configured role ([`crate::roles::Role::run`]);
+//! - sends heartbeats to `capstan-hub` when `heartbeat.url` is set, with the role's checks,
+//!   and publishes each beat's short status to `guestinfo.capstan.status` ([`heartbeat`]);
+//! - keeps only the capabilities those jobs need ([`kept_caps`]: its own, [`BASE_CAPS`], and
+//!   the role's), in the bounding set too, so nothing it spawns gets more.
+//!
+//! Import rule: the daemon imports `boot`, `reidentify`, `sources`, `roles`, `state`,
+//! `heartbeat`; never
+//! `cli`.
 
-use std::path::{Path, PathBuf};
+mod heartbeat;
+mod socket;
+mod watch;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::RwLock;
 
-use crate::cli::commands_api::{apply_gathered, source_options};
-use crate::cli::SourceArgs;
-use crate::root::Root;
-use crate::schema::Role;
-use crate::sources::{self, chain};
+use crate::error::chain;
+use crate::roles::Role;
+use crate::root::{Root, RootError};
+use crate::sources::{self, Gathered};
 use crate::state::{State, Status};
-use crate::steps::Mode;
 
-/// Arguments of `run`.
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// Sources (with `--root`, state and the socket live under DIR and the role is not started).
-    #[command(flatten)]
-    pub src: SourceArgs,
-    /// The status socket (default `/run/capstan/agent.sock`, under `--root` if given).
-    #[arg(long, value_name = "PATH")]
+/// What `run` is told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Sources and root (with a root, state and the socket live under it and the role is not
+    /// started).
+    pub boot: crate::boot::Options,
+    /// The status socket (default `/run/capstan/agent.sock`, under the root).
     pub socket: Option<PathBuf>,
-    /// Seconds between polls of the sources for a new instance-id.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub poll: u64,
+    /// Time between polls of the instance's identity.
+    pub poll: Duration,
     /// Keep all capabilities (for debugging).
-    #[arg(long)]
     pub keep_caps: bool,
 }
 
-/// Capabilities `run` keeps, and why:
-/// - `CAP_NET_ADMIN`: re-applying the network of a new instance over netlink; keepalived's VIP;
-/// - `CAP_NET_RAW`: keepalived's VRRP socket when it runs as our child;
-/// - `CAP_NET_BIND_SERVICE`: HAProxy's frontend and the backend API on ports below 1024 if
-///   configured so;
-/// - `CAP_KILL`: signalling HAProxy and keepalived (reload, stop);
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The async runtime could not start.
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
+    /// A directory could not be created.
+    #[error("{}", .path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root could not be opened.
+    #[error(transparent)]
+    Root(#[from] RootError),
+    /// The status socket could not be bound.
+    #[error("binding {}", .path.display())]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The first gathering of the sources did not finish.
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Capabilities the daemon itself keeps, whatever the role, and why:
+/// - `CAP_NET_ADMIN`: re-applying the network of a new instance over netlink;
 /// - `CAP_SYS_ADMIN`: `sethostname` for a new instance (no narrower capability covers it);
 /// - `CAP_CHOWN`, `CAP_FOWNER`, `CAP_DAC_OVERRIDE`: writing users' `authorized_keys` and
 ///   files owned by others when a new instance re-runs the user and file steps;
@@ -54,12 +92,10 @@ pub struct RunArgs {
 ///   them; kept so per-instance commands behave as at first boot;
 /// - `CAP_SYS_RAWIO`: `iopl` for the VMware backdoor where unprivileged access is refused.
 ///
-/// Everything else (module loading, ptrace, mount, raw block I/O, …) is dropped.
-pub const KEPT_CAPS: &[caps::Capability] = &[
+/// A role adds its own ([`crate::roles::Role::capabilities`]). Everything else (module
+/// loading, ptrace, mount, raw block I/O, …) is dropped.
+pub const BASE_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_NET_ADMIN,
-    caps::Capability::CAP_NET_RAW,
-    caps::Capability::CAP_NET_BIND_SERVICE,
-    caps::Capability::CAP_KILL,
     caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_CHOWN,
     caps::Capability::CAP_FOWNER,
@@ -68,6 +104,28 @@ pub const KEPT_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_SYS_RAWIO,
 ];
+
+/// The capabilities `run` keeps with `role`: [`BASE_CAPS`] and the role's.
+pub fn kept_caps(role: Option<&dyn Role>) -> Vec<caps::Capability> {
+    let mut all = BASE_CAPS.to_vec();
+    for c in role.map(|r| r.capabilities()).unwrap_or_default() {
+        if !all.contains(c) {
+            all.push(*c);
+        }
+    }
+    all
+}
+
+/// Every capability the daemon may keep, with any role (the unit's bounding set).
+pub fn all_kept_caps() -> Vec<caps::Capability> {
+    let mut all = BASE_CAPS.to_vec();
+    for r in crate::roles::all() {
+        all.extend(kept_caps(Some(*r)).into_iter().filter(|c| !BASE_CAPS.contains(c)));
+    }
+    all.sort_by_key(|c| c.index());
+    all.dedup();
+    all
+}
 
 /// Drops every capability not in `keep` from the bounding, inheritable, effective and
 /// permitted sets. Returns what was kept.
@@ -111,25 +169,27 @@ pub struct DaemonStatus {
     pub role: String,
     /// The last recorded first-boot status.
     pub firstboot: Option<Status>,
+    /// The last new identity refused whole by a re-identification (nothing applied), one
+    /// line per refused value naming its source and key.
+    pub refused_identity: Vec<String>,
+    /// Heartbeats: `off (heartbeat.url unset)`, `sending to URL`, or `not started: WHY`.
+    pub heartbeat: String,
+    /// How the hub took the last heartbeat (`accepted seq=N`, `refused(403) seq=N`,
+    /// `unreachable seq=N`).
+    pub heartbeat_last: Option<String>,
 }
 
+/// The daemon's status, shared by its tasks.
+type Shared = Arc<RwLock<DaemonStatus>>;
+
 /// Entry point of `capstan-agent run`.
-pub fn main(args: RunArgs) -> i32 {
-    let rt =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("capstan-agent: starting the runtime: {e}");
-                return 1;
-            }
-        };
-    match rt.block_on(run(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("capstan-agent: {e}");
-            1
-        }
-    }
+pub fn main(opts: Options) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(run(opts))
 }
 
 fn notify_systemd(msg: &str) {
@@ -146,188 +206,146 @@ fn notify_systemd(msg: &str) {
     }
 }
 
-async fn run(args: RunArgs) -> Result<(), String> {
-    let started = Instant::now();
-    let root_dir = args.src.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    std::fs::create_dir_all(&root_dir).map_err(|e| format!("{}: {e}", root_dir.display()))?;
-    let root = Root::new(&root_dir).map_err(|e| chain(&e))?;
-    let live = args.src.root.is_none();
-    let opts = source_options(&args.src);
-
-    let capabilities = if args.keep_caps {
-        vec!["(all kept: --keep-caps)".to_owned()]
-    } else {
-        match drop_capabilities(KEPT_CAPS) {
-            Ok(k) => {
-                tracing::info!(kept = %k.join(","), "capabilities dropped");
-                k
-            }
-            Err(e) => {
-                tracing::warn!("dropping capabilities: {e}");
-                vec![format!("(drop failed: {e})")]
-            }
-        }
-    };
-
-    let socket = args.socket.clone().unwrap_or_else(|| root_dir.join("run/capstan/agent.sock"));
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// Keeps the capabilities of `role` (all of them with `--keep-caps`); returns what `status`
+/// shows.
+fn keep_capabilities(keep_all: bool, role: Option<&dyn Role>) -> Vec<String> {
+    if keep_all {
+        return vec!["(all kept: --keep-caps)".to_owned()];
     }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| format!("binding {}: {e}", socket.display()))?;
-    set_mode(&socket, 0o660);
-    tracing::info!(socket = %socket.display(), "status socket listening");
+    match drop_capabilities(&kept_caps(role)) {
+        Ok(k) => {
+            tracing::info!(kept = %k.join(","), "capabilities dropped");
+            k
+        }
+        Err(e) => {
+            tracing::warn!("dropping capabilities: {e}");
+            vec![format!("(drop failed: {e})")]
+        }
+    }
+}
 
+async fn run(opts: Options) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let root_dir = opts.boot.root_dir().to_owned();
+    std::fs::create_dir_all(&root_dir)
+        .map_err(|source| DaemonError::Dir { path: root_dir.clone(), source })?;
+    let root = Root::new(&root_dir)?;
+    let source_opts = opts.boot.source_options();
+    let socket_path =
+        opts.socket.clone().unwrap_or_else(|| root_dir.join("run/capstan/agent.sock"));
+    let listener = socket::bind(&socket_path)?;
+
+    // The configuration as at boot: which role, with which settings.
+    let mut first = {
+        let so = source_opts.clone();
+        tokio::task::spawn_blocking(move || sources::gather(&so)).await?
+    };
+    let role = crate::roles::get(first.config.role);
     let state = State::new(root.clone());
-    let shared = Arc::new(RwLock::new(DaemonStatus {
+    let shared: Shared = Arc::new(RwLock::new(DaemonStatus {
         pid: std::process::id(),
         uptime_s: 0,
         instance_id: state.current_instance().ok().flatten(),
         polls: 0,
         reruns: 0,
-        capabilities,
+        capabilities: keep_capabilities(opts.keep_caps, role),
         role: "none".into(),
         firstboot: state.load_current().ok().flatten(),
+        refused_identity: Vec::new(),
+        heartbeat: "starting".into(),
+        heartbeat_last: None,
     }));
+    tokio::spawn(socket::serve(listener, shared.clone(), started));
 
-    // Status socket.
-    let sock_shared = shared.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let mut snapshot = sock_shared.read().await.clone();
-            snapshot.uptime_s = started.elapsed().as_secs();
-            let mut body = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-            body.push(b'\n');
-            tokio::spawn(async move {
-                let _ = conn.write_all(&body).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-
-    // Role.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let first = {
-        let opts = opts.clone();
-        tokio::task::spawn_blocking(move || sources::gather(&opts))
-            .await
-            .map_err(|e| e.to_string())?
-    };
-    if first.config.role == Role::Lb {
-        match (&first.config.lb, live) {
-            (Some(lb), true) => {
-                let settings = lb.clone();
-                let node_label = first
-                    .config
-                    .hostname
-                    .as_ref()
-                    .map(|h| h.short().to_owned())
-                    .unwrap_or_else(|| "capstan-lb".into());
-                let role_opts = crate::lb::RoleOptions {
-                    paths: crate::lb::LbPaths::appliance(),
-                    tools: crate::lb::Tools::default(),
-                    processes: crate::lb::Processes::Systemd,
-                    node_label,
-                };
-                let mut rx = stop_rx.clone();
-                let role_shared = shared.clone();
-                role_shared.write().await.role = "lb: starting".into();
-                tokio::spawn(async move {
-                    let shutdown = async move {
-                        let _ = rx.wait_for(|v| *v).await;
-                    };
-                    let r = crate::lb::run_role(settings, role_opts, shutdown).await;
-                    let msg = match r {
-                        Ok(()) => "lb: stopped".to_owned(),
-                        Err(e) => {
-                            tracing::error!("lb role: {}", chain(&e));
-                            format!("lb: failed: {}", chain(&e))
-                        }
-                    };
-                    role_shared.write().await.role = msg;
-                });
-                shared.write().await.role = "lb: running".into();
-            }
-            (Some(_), false) => {
-                shared.write().await.role = "lb: not started under --root".into();
-            }
-            (None, _) => {
-                let why = first
-                    .config
-                    .errors_under("lb.")
-                    .map(ToString::to_string)
-                    .chain(first.config.role_unconfigured.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                tracing::error!("role lb: settings refused: {why}");
-                shared.write().await.role = format!("lb: not started: {why}");
-            }
-        }
+    let (restart_tx, restart_rx) = tokio::sync::mpsc::channel(1);
+    if let Some(role) = role {
+        let (so, live) = (source_opts.clone(), opts.boot.live());
+        watch::supervise_role(role, &first, so, live, &shared, stop_rx, restart_rx).await;
     }
+    // After the role: it never waits on the hub.
+    let heartbeats = heartbeat::start(&mut first, role, &shared).await;
     drop(first);
     notify_systemd("READY=1");
 
-    // Instance-id watch.
-    let mode = if live { Mode::Live } else { Mode::Rooted { run_commands: false } };
-    let watch_shared = shared.clone();
-    let watch_root = root.clone();
-    let poll = Duration::from_secs(args.poll);
-    let watch = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(poll);
-        loop {
-            tick.tick().await;
-            let opts2 = opts.clone();
-            let root2 = watch_root.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                let t0 = Instant::now();
-                let g = sources::gather(&opts2);
-                let current = State::new(root2.clone()).current_instance().ok().flatten();
-                let id = g.instance_id.to_string();
-                if current.as_deref() == Some(id.as_str()) {
-                    return (id, None);
-                }
-                tracing::info!(old = ?current, new = %id, "new instance-id: re-running first boot");
-                let gather_ms = t0.elapsed().as_millis() as u64;
-                let started_at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let st = apply_gathered(&g, &root2, mode, live, t0, started_at, gather_ms);
-                (id, Some(st))
-            })
-            .await;
-            let mut s = watch_shared.write().await;
-            s.polls += 1;
-            match res {
-                Ok((id, rerun)) => {
-                    s.instance_id = Some(id);
-                    if let Some(st) = rerun {
-                        s.reruns += 1;
-                        s.firstboot = Some(st);
-                    }
-                }
-                Err(e) => tracing::error!("instance watch: {e}"),
-            }
-        }
-    });
+    let mut watcher =
+        watch::Watch::new(source_opts, root, opts.boot.live()).with_role_restart(restart_tx);
+    if let Some(now) = heartbeats.as_ref().map(|h| h.nudger()) {
+        // After a re-identification the next beat goes at once, with the new identity.
+        watcher = watcher.on_reidentified(Box::new(move |_| {
+            now.notify_one();
+            Ok("the next heartbeat goes now, with the new identity".into())
+        }));
+    }
+    let watch = tokio::spawn(watcher.run(opts.poll, shared.clone()));
 
     shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     watch.abort();
+    if let Some(h) = heartbeats {
+        h.stop();
+    }
     // Give the role a moment to stop its daemons cleanly.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+/// Starts the role with the settings gathered at boot (not under a root, and not with
+/// refused settings); its state goes to the socket's `role`.
+async fn start_role(
+    role: &'static dyn Role,
+    first: &Gathered,
+    live: bool,
+    shared: &Shared,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) {
+    let name = role.id().as_str();
+    let settings = match (&first.config.role_settings, live) {
+        (Some(s), true) => s.clone(),
+        (Some(_), false) => {
+            shared.write().await.role = format!("{name}: not started under --root");
+            return;
+        }
+        (None, _) => {
+            let why = first
+                .config
+                .errors_under(&format!("{name}."))
+                .map(ToString::to_string)
+                .chain(first.config.role_unconfigured.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::error!("role {name}: settings refused: {why}");
+            shared.write().await.role = format!("{name}: not started: {why}");
+            return;
+        }
+    };
+    let node_label = first
+        .config
+        .hostname
+        .as_ref()
+        .map(|h| h.short().to_owned())
+        .unwrap_or_else(|| format!("capstan-{name}"));
+    let mut rx = stop_rx;
+    let shutdown = Box::pin(async move {
+        let _ = rx.wait_for(|v| *v).await;
+    });
+    let running = role.run(settings, crate::roles::RunOptions { node_label }, shutdown);
+    let role_shared = shared.clone();
+    role_shared.write().await.role = format!("{name}: starting");
+    tokio::spawn(async move {
+        let msg = match running.await {
+            Ok(()) => format!("{name}: stopped"),
+            Err(e) => {
+                let why = chain(&*e.source);
+                tracing::error!("{name} role: {why}");
+                format!("{name}: failed: {why}")
+            }
+        };
+        role_shared.write().await.role = msg;
+    });
+    shared.write().await.role = format!("{name}: running");
 }
 
 async fn shutdown_signal() {

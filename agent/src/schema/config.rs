@@ -7,14 +7,118 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{lookup, Kind, NIC_SLOTS, VERSION};
-use crate::lb::LbSettings;
+use crate::roles::{ConfigureError, RoleId, RoleSettings};
 use crate::types::{DomainName, Fqdn, Hostname, InstanceId, IpCidr, MacAddr, NicName};
+
+/// The source a value came from, as `status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Source {
+    /// The baked defaults, `/etc/capstan/agent.toml`.
+    Defaults,
+    /// The OVF environment.
+    OvfEnv,
+    /// cloud-init's metadata (`guestinfo.metadata`).
+    Metadata,
+    /// A direct key over the directory transport (`--guestinfo-dir`).
+    GuestinfoDir,
+    /// A direct key over QEMU's fw_cfg.
+    #[serde(rename = "fw_cfg")]
+    FwCfg,
+    /// A direct key over the VMware backdoor.
+    VmwareBackdoor,
+    /// A direct key over another transport.
+    Guestinfo,
+    /// The operator's override file.
+    Override,
+    /// A secret kept at an earlier boot of the instance.
+    Persisted,
+    /// The SMBIOS product UUID.
+    Smbios,
+    /// Nothing (the instance-id of last resort).
+    None,
+    /// Several keys together (a role's cross-key rule).
+    Merged,
+    /// A file given to `config check`.
+    File,
+    /// A NoCloud seed (`meta-data`, the SMBIOS serial).
+    #[serde(rename = "nocloud")]
+    NoCloud,
+    /// An OpenStack config drive (`openstack/latest/meta_data.json`).
+    #[serde(rename = "configdrive")]
+    ConfigDrive,
+    /// The EC2 instance metadata service.
+    Ec2,
+}
+
+impl Source {
+    /// The name `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Defaults => "defaults",
+            Source::OvfEnv => "ovf-env",
+            Source::Metadata => "metadata",
+            Source::GuestinfoDir => "guestinfo-dir",
+            Source::FwCfg => "fw_cfg",
+            Source::VmwareBackdoor => "vmware-backdoor",
+            Source::Guestinfo => "guestinfo",
+            Source::Override => "override",
+            Source::Persisted => "persisted",
+            Source::Smbios => "smbios",
+            Source::None => "none",
+            Source::Merged => "merged",
+            Source::File => "file",
+            Source::NoCloud => "nocloud",
+            Source::ConfigDrive => "configdrive",
+            Source::Ec2 => "ec2",
+        }
+    }
+
+    /// The source of a direct key read over the guestinfo transport named `transport`
+    /// ([`crate::guestinfo::Guestinfo::transport`]).
+    pub fn of_transport(transport: &str) -> Source {
+        match transport {
+            "guestinfo-dir" => Source::GuestinfoDir,
+            "fw_cfg" => Source::FwCfg,
+            "vmware-backdoor" => Source::VmwareBackdoor,
+            _ => Source::Guestinfo,
+        }
+    }
+
+    /// Whether a cloud-config value overrides a value from this source: it is source 3 of
+    /// the precedence, above the baked defaults, the OVF environment and the metadata (a
+    /// cloud provider's metadata included).
+    pub fn below_cloud_config(self) -> bool {
+        matches!(
+            self,
+            Source::Defaults
+                | Source::OvfEnv
+                | Source::Metadata
+                | Source::NoCloud
+                | Source::ConfigDrive
+                | Source::Ec2
+        )
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Source {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// Where a value came from: the source and the key inside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Origin {
-    /// The source (`defaults`, `ovf-env`, `metadata`, `guestinfo`, `override`, `schema-default`).
-    pub source: String,
+    /// The source.
+    pub source: Source,
     /// The key as that source spells it (`guestinfo.capstan.hostname`, `local-hostname`).
     pub key: String,
 }
@@ -49,23 +153,8 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// What a node does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Nothing beyond first boot.
-    #[default]
-    None,
-    /// HA control-plane load balancer.
-    Lb,
-    /// Kubernetes control plane.
-    ControlPlane,
-    /// Kubernetes worker.
-    Worker,
-}
-
 /// Where the network configuration comes from; never a mix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetworkSource {
     /// Nothing configures the network.
@@ -76,6 +165,35 @@ pub enum NetworkSource {
     Metadata,
     /// A `net.*` value was refused: write no network file at all.
     Invalid,
+    /// A NoCloud seed's `network-config` (or its `meta-data` `network`).
+    #[serde(rename = "nocloud")]
+    NoCloud,
+    /// A config drive's `network_data.json`.
+    #[serde(rename = "configdrive")]
+    ConfigDrive,
+    /// The NICs the EC2 metadata lists.
+    Ec2,
+}
+
+impl NetworkSource {
+    /// The name `status` shows (`none`, `keys`, `metadata`, `invalid`, or a provider's name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkSource::None => "none",
+            NetworkSource::Keys => "keys",
+            NetworkSource::Metadata => "metadata",
+            NetworkSource::Invalid => "invalid",
+            NetworkSource::NoCloud => "nocloud",
+            NetworkSource::ConfigDrive => "configdrive",
+            NetworkSource::Ec2 => "ec2",
+        }
+    }
+}
+
+impl std::fmt::Display for NetworkSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One NIC slot's settings.
@@ -123,27 +241,39 @@ pub struct Commands {
     pub runcmd: Option<String>,
 }
 
-/// Kubernetes join settings (node profile).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-pub struct Kube {
-    /// host:port of the endpoint.
-    pub endpoint: Option<String>,
-    /// Bootstrap token. Secret: not serialized.
-    #[serde(skip)]
-    pub token: Option<String>,
-    /// CA pin.
-    pub ca_cert_hash: Option<String>,
-}
-
-/// Heartbeat settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Heartbeat settings (`heartbeat.*`). PEM values are canonical PEM text
+/// ([`crate::tls::normalize_pem`]), whatever form the source gave. Valid together only when
+/// [`Config::errors_under`]`("heartbeat.")` is empty: the daemon starts nothing otherwise.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct Heartbeat {
     /// Hub URL; `None` disables heartbeats.
     pub url: Option<String>,
     /// Interval.
     pub interval: Duration,
-    /// PEM CA of the hub.
+    /// The hub's CA certificate(s), PEM.
     pub ca: Option<String>,
+    /// The node's client certificate (chain), PEM.
+    pub client_cert: Option<String>,
+    /// Its private key, PEM. Secret: not serialized.
+    #[serde(skip)]
+    pub client_key: Option<String>,
+    /// The per-node bearer token. Secret: not serialized.
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<secret>");
+        f.debug_struct("Heartbeat")
+            .field("url", &self.url)
+            .field("interval", &self.interval)
+            .field("ca", &self.ca.as_ref().map(|_| "<pem>"))
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "<pem>"))
+            .field("client_key", &redacted(&self.client_key))
+            .field("token", &redacted(&self.token))
+            .finish()
+    }
 }
 
 /// The typed node configuration.
@@ -175,12 +305,10 @@ pub struct Config {
     #[serde(skip)]
     pub user_data: Option<String>,
     /// Role.
-    pub role: Role,
-    /// Load-balancer settings when `role` is `lb` and they are valid.
+    pub role: RoleId,
+    /// The role's typed settings ([`crate::roles::Role::configure`]) when they are valid.
     #[serde(skip)]
-    pub lb: Option<LbSettings>,
-    /// Kubernetes join settings.
-    pub kube: Kube,
+    pub role_settings: Option<RoleSettings>,
     /// Heartbeats.
     pub heartbeat: Heartbeat,
     /// Every value refused while building this config.
@@ -210,29 +338,17 @@ fn list(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|p| !p.is_empty())
 }
 
-/// Parses a duration: `10`, `10s`, `500ms`, `5m`, `1h`.
+/// The schema's duration rule: a bare number counts seconds; 100 ms to 24 h.
+pub const DURATION_RULE: crate::types::DurationRule = crate::types::DurationRule {
+    bare_unit: Duration::from_secs(1),
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(86_400),
+};
+
+/// Parses a duration setting: `10`, `10s`, `500ms`, `5m`, `1h` (the one parser,
+/// [`crate::types::parse_duration`], with the schema's rule).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult_ms) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (t, 1000)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{:?} is not a duration (10, 10s, 5m, 1h)", short(s)))?;
-    let ms = n
-        .checked_mul(mult_ms)
-        .filter(|ms| (100..=86_400_000).contains(ms))
-        .ok_or_else(|| format!("{:?} is outside 100ms..24h", short(s)))?;
-    Ok(Duration::from_millis(ms))
+    crate::types::parse_duration(s, &DURATION_RULE).map_err(|e| e.to_string())
 }
 
 /// Splits SSH keys given one per line or comma-separated (a comma starts a new key only
@@ -385,6 +501,153 @@ pub fn check_value(kind: &Kind, v: &str) -> Result<(), String> {
                 Ok(())
             }
         }
+        Kind::PemCerts | Kind::PemKey if v.len() > MAX_PEM => {
+            Err(format!("length {} is more than {MAX_PEM}", v.len()))
+        }
+        Kind::PemCerts => crate::tls::certs_from_pem(v).map(|_| ()).map_err(|e| e.to_string()),
+        Kind::PemKey => crate::tls::key_from_pem(v).map(|_| ()).map_err(|e| e.to_string()),
+        Kind::Token => check_token(v.trim()),
+    }
+}
+
+/// Longest PEM value (a chain of a few certificates, or base64 of it; the OVF MaxLen too).
+pub const MAX_PEM: usize = 16384;
+
+/// A bearer token: it goes into an HTTP header, so printable ASCII without spaces. The reason
+/// never shows the value.
+fn check_token(v: &str) -> Result<(), String> {
+    let n = v.chars().count();
+    if !(16..=256).contains(&n) {
+        return Err(format!("length {n} is outside 16-256"));
+    }
+    if !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("has a space, a control or a non-ASCII character".into());
+    }
+    Ok(())
+}
+
+/// Why a secret's value was refused, naming the rule and never the value: a length rule's
+/// message carries only the length; any other rule is described by its kind.
+fn secret_reason(kind: &Kind, reason: String) -> String {
+    match kind {
+        // These reasons carry a length or a rule, never the value.
+        Kind::Text { .. } | Kind::PemKey | Kind::Token => format!("{reason} (secret, not shown)"),
+        other => format!("invalid value (secret, not shown): must be {}", other.describe()),
+    }
+}
+
+/// The valid values of `flat`, by path; the refused ones go to `errors`.
+fn valid_values<'a>(flat: &'a Flat, errors: &mut Vec<ConfigError>) -> BTreeMap<&'a str, &'a str> {
+    let mut ok = BTreeMap::new();
+    for (path, fv) in flat {
+        let Some(setting) = lookup(path) else {
+            errors.push(ConfigError {
+                path: path.clone(),
+                origin: fv.origin.clone(),
+                reason: "not a setting of schema version 1".into(),
+            });
+            continue;
+        };
+        if fv.value.trim().is_empty() {
+            continue; // empty = unset (vSphere writes every property, set or not)
+        }
+        match check_value(&setting.kind, &fv.value) {
+            Ok(()) => {
+                ok.insert(path.as_str(), fv.value.as_str());
+            }
+            Err(reason) => {
+                let reason =
+                    if setting.secret { secret_reason(&setting.kind, reason) } else { reason };
+                errors.push(ConfigError { path: path.clone(), origin: fv.origin.clone(), reason });
+            }
+        }
+    }
+    ok
+}
+
+/// The valid values, with the schema's defaults behind them.
+struct Values<'a> {
+    ok: BTreeMap<&'a str, &'a str>,
+}
+
+impl Values<'_> {
+    fn get(&self, p: &str) -> Option<&str> {
+        self.ok.get(p).map(|v| v.trim())
+    }
+    fn get_or_default(&self, p: &str) -> Option<&str> {
+        self.get(p).or_else(|| lookup(p).and_then(|s| s.default))
+    }
+    fn list<T: std::str::FromStr>(&self, p: &str) -> Vec<T> {
+        self.get(p).map(|v| list(v).filter_map(|p| p.parse().ok()).collect()).unwrap_or_default()
+    }
+}
+
+/// The NIC slots any source set.
+fn nics(flat: &Flat, v: &Values<'_>) -> BTreeMap<String, Nic> {
+    let mut nics = BTreeMap::new();
+    for slot in NIC_SLOTS {
+        let prefix = format!("net.{slot}.");
+        if !flat.keys().any(|k| k.starts_with(&prefix)) {
+            continue;
+        }
+        let k = |leaf: &str| format!("{prefix}{leaf}");
+        let flag = |leaf: &str| v.get_or_default(&k(leaf)).and_then(|v| parse_bool(v).ok());
+        let nic = Nic {
+            mac: v.get(&k("mac")).and_then(|v| v.parse().ok()),
+            name: v.get(&k("name")).and_then(|v| v.parse().ok()),
+            dhcp4: flag("dhcp4").unwrap_or(true),
+            dhcp6: flag("dhcp6").unwrap_or(false),
+            addresses: v.list(&k("address")),
+            gateways: v.list(&k("gateway")),
+            mtu: v.get(&k("mtu")).and_then(|v| v.parse().ok()),
+        };
+        nics.insert((*slot).to_owned(), nic);
+    }
+    nics
+}
+
+/// The role and its settings, through the role's own [`crate::roles::Role::configure`].
+/// Returns the role, its settings when valid, and why it is unconfigured when it is.
+fn role_settings(
+    flat: &Flat,
+    v: &Values<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> (RoleId, Option<RoleSettings>, Option<String>) {
+    let role = v.get_or_default("role").and_then(RoleId::parse).unwrap_or_default();
+    let Some(imp) = crate::roles::get(role) else {
+        return (role, None, None);
+    };
+    let get = |k: &str| v.ok.get(k).copied();
+    match imp.configure(&get) {
+        Ok(s) => (role, Some(s), None),
+        Err(e @ ConfigureError::Unconfigured { .. }) => (role, None, Some(e.to_string())),
+        Err(ConfigureError::Invalid { key, reason }) => {
+            let origin = flat
+                .get(&key)
+                .map(|f| f.origin.clone())
+                .unwrap_or(Origin { source: Source::Merged, key: format!("capstan.{key}") });
+            errors.push(ConfigError { path: key, origin, reason });
+            (role, None, None)
+        }
+    }
+}
+
+/// The login user, when `user.name` is set and valid.
+fn user(flat: &Flat, v: &Values<'_>, errors: &mut Vec<ConfigError>) -> Option<User> {
+    let n = v.get("user.name")?;
+    match check_user_name(n) {
+        Ok(()) => Some(User {
+            name: n.to_owned(),
+            password_hash: v.get("user.password-hash").map(str::to_owned),
+        }),
+        Err(reason) => {
+            errors.push(ConfigError {
+                path: "user.name".into(),
+                origin: flat["user.name"].origin.clone(),
+                reason,
+            });
+            None
+        }
     }
 }
 
@@ -396,66 +659,8 @@ impl Config {
     /// whole network [`NetworkSource::Invalid`] so that nothing is half-applied.
     pub fn from_flat(flat: &Flat, metadata_network: bool) -> Config {
         let mut errors = Vec::new();
-        let mut ok: BTreeMap<&str, &str> = BTreeMap::new();
-        for (path, fv) in flat {
-            let Some(setting) = lookup(path) else {
-                errors.push(ConfigError {
-                    path: path.clone(),
-                    origin: fv.origin.clone(),
-                    reason: "not a setting of schema version 1".into(),
-                });
-                continue;
-            };
-            if fv.value.trim().is_empty() {
-                continue; // empty = unset (vSphere writes every property, set or not)
-            }
-            match check_value(&setting.kind, &fv.value) {
-                Ok(()) => {
-                    ok.insert(path.as_str(), fv.value.as_str());
-                }
-                Err(reason) => {
-                    let reason = if setting.secret {
-                        "invalid value (secret, not shown)".to_owned()
-                    } else {
-                        reason
-                    };
-                    errors.push(ConfigError {
-                        path: path.clone(),
-                        origin: fv.origin.clone(),
-                        reason,
-                    });
-                }
-            }
-        }
-        let get = |p: &str| ok.get(p).map(|v| v.trim());
-        let default = |p: &str| lookup(p).and_then(|s| s.default);
-        let get_or_default = |p: &str| get(p).or_else(|| default(p));
-
-        // Network.
-        let mut nics = BTreeMap::new();
-        for slot in NIC_SLOTS {
-            let prefix = format!("net.{slot}.");
-            if !flat.keys().any(|k| k.starts_with(&prefix)) {
-                continue;
-            }
-            let k = |leaf: &str| format!("{prefix}{leaf}");
-            let nic = Nic {
-                mac: get(&k("mac")).and_then(|v| v.parse().ok()),
-                name: get(&k("name")).and_then(|v| v.parse().ok()),
-                dhcp4: get_or_default(&k("dhcp4")).and_then(|v| parse_bool(v).ok()).unwrap_or(true),
-                dhcp6: get_or_default(&k("dhcp6"))
-                    .and_then(|v| parse_bool(v).ok())
-                    .unwrap_or(false),
-                addresses: get(&k("address"))
-                    .map(|v| list(v).filter_map(|p| p.parse().ok()).collect())
-                    .unwrap_or_default(),
-                gateways: get(&k("gateway"))
-                    .map(|v| list(v).filter_map(|p| p.parse().ok()).collect())
-                    .unwrap_or_default(),
-                mtu: get(&k("mtu")).and_then(|v| v.parse().ok()),
-            };
-            nics.insert((*slot).to_owned(), nic);
-        }
+        let v = Values { ok: valid_values(flat, &mut errors) };
+        let nics = nics(flat, &v);
         cross_check_nics(&nics, flat, &mut errors);
         let net_error = errors.iter().any(|e| e.path.starts_with("net."));
         let network_source = if metadata_network {
@@ -467,99 +672,32 @@ impl Config {
         } else {
             NetworkSource::Keys
         };
-
-        let role = match get_or_default("role").unwrap_or("none") {
-            "lb" => Role::Lb,
-            "control-plane" => Role::ControlPlane,
-            "worker" => Role::Worker,
-            _ => Role::None,
-        };
-        let mut role_unconfigured = None;
-        let lb = if role == Role::Lb {
-            use crate::lb::settings::SettingsError;
-            match LbSettings::from_flat(|k| ok.get(k).copied()) {
-                Ok(s) => Some(s),
-                // Not set yet (the VIP and credentials come at deploy time): the role is not
-                // started, which is not an error in the values themselves.
-                Err(e @ (SettingsError::Missing { .. } | SettingsError::Conflict { .. })) => {
-                    role_unconfigured = Some(format!("role lb not configured: {e}"));
-                    None
-                }
-                Err(e) => {
-                    let key = match &e {
-                        SettingsError::Invalid { key, .. } => (*key).to_owned(),
-                        _ => "lb".to_owned(),
-                    };
-                    let origin = flat.get(&key).map(|f| f.origin.clone()).unwrap_or(Origin {
-                        source: "merged".into(),
-                        key: format!("capstan.{key}"),
-                    });
-                    errors.push(ConfigError { path: key, origin, reason: e.to_string() });
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
-        let hostname: Option<Hostname> = get("hostname").and_then(|v| v.parse().ok());
-        let fqdn = get("fqdn")
+        let (role, role_settings, role_unconfigured) = role_settings(flat, &v, &mut errors);
+        let hostname: Option<Hostname> = v.get("hostname").and_then(|v| v.parse().ok());
+        let fqdn = v
+            .get("fqdn")
             .and_then(|v| v.parse().ok())
             .or_else(|| hostname.as_ref().and_then(Hostname::as_fqdn));
+        let user = user(flat, &v, &mut errors);
         Config {
             version: VERSION,
             hostname,
             fqdn,
-            instance_id: get("instance-id").and_then(|v| v.parse().ok()),
+            instance_id: v.get("instance-id").and_then(|v| v.parse().ok()),
             network_source,
             nics,
-            dns: Dns {
-                servers: get("dns.servers")
-                    .map(|v| list(v).filter_map(|p| p.parse().ok()).collect())
-                    .unwrap_or_default(),
-                search: get("dns.search")
-                    .map(|v| list(v).filter_map(|p| p.parse().ok()).collect())
-                    .unwrap_or_default(),
-            },
-            ntp_servers: get("ntp.servers")
-                .map(|v| list(v).map(str::to_owned).collect())
-                .unwrap_or_default(),
-            user: match get("user.name") {
-                Some(n) => match check_user_name(n) {
-                    Ok(()) => Some(User {
-                        name: n.to_owned(),
-                        password_hash: get("user.password-hash").map(str::to_owned),
-                    }),
-                    Err(reason) => {
-                        errors.push(ConfigError {
-                            path: "user.name".into(),
-                            origin: flat["user.name"].origin.clone(),
-                            reason,
-                        });
-                        None
-                    }
-                },
-                None => None,
-            },
-            ssh_authorized_keys: get("ssh.authorized-keys")
+            dns: Dns { servers: v.list("dns.servers"), search: v.list("dns.search") },
+            ntp_servers: v.list("ntp.servers"),
+            user,
+            ssh_authorized_keys: v
+                .get("ssh.authorized-keys")
                 .and_then(|v| split_ssh_keys(v).ok())
                 .unwrap_or_default(),
-            commands: Commands { runcmd: ok.get("commands.runcmd").map(|v| (*v).to_owned()) },
-            user_data: ok.get("user-data").map(|v| decode_user_data(v)),
+            commands: Commands { runcmd: v.ok.get("commands.runcmd").map(|v| (*v).to_owned()) },
+            user_data: v.ok.get("user-data").map(|v| decode_user_data(v)),
             role,
-            lb,
-            kube: Kube {
-                endpoint: get("kube.endpoint").map(str::to_owned),
-                token: get("kube.token").map(str::to_owned),
-                ca_cert_hash: get("kube.ca-cert-hash").map(str::to_owned),
-            },
-            heartbeat: Heartbeat {
-                url: get("heartbeat.url").map(str::to_owned),
-                interval: get_or_default("heartbeat.interval")
-                    .and_then(|v| parse_duration(v).ok())
-                    .unwrap_or(Duration::from_secs(10)),
-                ca: ok.get("heartbeat.ca").map(|v| (*v).to_owned()),
-            },
+            role_settings,
+            heartbeat: heartbeat(flat, &v, &mut errors),
             errors,
             role_unconfigured,
         }
@@ -572,6 +710,72 @@ impl Config {
     ) -> impl Iterator<Item = &'a ConfigError> + 'a {
         self.errors.iter().filter(move |e| e.path.starts_with(prefix))
     }
+}
+
+/// The heartbeat settings, with the rules across its keys: an `https` URL, the hub's CA and a
+/// credential when the URL is set, a certificate and its own key together. A refused rule is
+/// an error on the key to fix; the daemon then starts no heartbeats at all.
+fn heartbeat(flat: &Flat, v: &Values<'_>, errors: &mut Vec<ConfigError>) -> Heartbeat {
+    let pem = |p: &str, k| v.get(p).and_then(|x| crate::tls::normalize_pem(x, k).ok());
+    let hb = Heartbeat {
+        url: v.get("heartbeat.url").map(str::to_owned),
+        interval: v
+            .get_or_default("heartbeat.interval")
+            .and_then(|v| parse_duration(v).ok())
+            .unwrap_or(Duration::from_secs(10)),
+        ca: pem("heartbeat.ca", crate::tls::PemKind::Certificates),
+        client_cert: pem("heartbeat.client-cert", crate::tls::PemKind::Certificates),
+        client_key: pem("heartbeat.client-key", crate::tls::PemKind::PrivateKey),
+        token: v.get("heartbeat.token").map(str::to_owned),
+    };
+    // Given at all (even if refused): a refused value is reported once, as itself.
+    let given = |p: &str| flat.get(p).is_some_and(|f| !f.value.trim().is_empty());
+    let mut refuse = |path: &str, reason: String| {
+        let origin = flat
+            .get(path)
+            .map(|f| f.origin.clone())
+            .unwrap_or(Origin { source: Source::Merged, key: format!("capstan.{path}") });
+        errors.push(ConfigError { path: path.into(), origin, reason });
+    };
+    if let Some(url) = &hb.url {
+        if !url.starts_with("https://") {
+            refuse(
+                "heartbeat.url",
+                format!("{:?} is not https:// (the hub only speaks TLS)", short(url)),
+            );
+        }
+        if !given("heartbeat.ca") {
+            refuse(
+                "heartbeat.url",
+                "is set but heartbeat.ca is not (the hub's CA is pinned)".into(),
+            );
+        }
+        if !given("heartbeat.client-cert") && !given("heartbeat.token") {
+            refuse("heartbeat.url", "is set but neither heartbeat.client-cert (with heartbeat.client-key) nor heartbeat.token is".into());
+        }
+    }
+    match (given("heartbeat.client-cert"), given("heartbeat.client-key")) {
+        (true, false) => refuse(
+            "heartbeat.client-cert",
+            "is set but heartbeat.client-key is not (they go together)".into(),
+        ),
+        (false, true) => refuse(
+            "heartbeat.client-key",
+            "is set but heartbeat.client-cert is not (they go together; secret, not shown)".into(),
+        ),
+        _ => {}
+    }
+    if let (Some(c), Some(k)) = (&hb.client_cert, &hb.client_key) {
+        let pair = crate::tls::certs_from_pem(c)
+            .and_then(|c| crate::tls::key_from_pem(k).and_then(|k| crate::tls::check_pair(&c, &k)));
+        if let Err(e) = pair {
+            refuse(
+                "heartbeat.client-key",
+                format!("{e} (heartbeat.client-cert; secret, not shown)"),
+            );
+        }
+    }
+    hb
 }
 
 /// `user-data` may be plain `#cloud-config` or base64 of it (as Ubuntu's OVAs take it).
@@ -623,6 +827,36 @@ fn cross_check_nics(nics: &BTreeMap<String, Nic>, flat: &Flat, errors: &mut Vec<
 mod tests {
     use super::*;
 
+    #[test]
+    fn sources_serialise_as_the_names_status_has_always_shown() {
+        use Source::*;
+        let all = [
+            Defaults,
+            OvfEnv,
+            Metadata,
+            GuestinfoDir,
+            FwCfg,
+            VmwareBackdoor,
+            Guestinfo,
+            Override,
+            Persisted,
+            Smbios,
+            None,
+            Merged,
+            File,
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            let back: Source = serde_json::from_value(s.as_str().into()).unwrap();
+            assert_eq!(back, s);
+        }
+        for t in ["guestinfo-dir", "fw_cfg", "vmware-backdoor"] {
+            assert_eq!(Source::of_transport(t).as_str(), t);
+        }
+        assert!(serde_json::from_value::<Source>("schema-default".into()).is_err());
+        assert!(Metadata.below_cloud_config() && !GuestinfoDir.below_cloud_config());
+    }
+
     fn flat(kv: &[(&str, &str)]) -> Flat {
         kv.iter()
             .map(|(k, v)| {
@@ -630,7 +864,7 @@ mod tests {
                     (*k).to_owned(),
                     FlatValue {
                         value: (*v).to_owned(),
-                        origin: Origin { source: "test".into(), key: format!("capstan.{k}") },
+                        origin: Origin { source: Source::Defaults, key: format!("capstan.{k}") },
                     },
                 )
             })
@@ -660,7 +894,7 @@ mod tests {
         assert_eq!(c.fqdn.unwrap().as_str(), "node-1.example.com");
         assert_eq!(c.ssh_authorized_keys.len(), 2);
         assert_eq!(c.heartbeat.interval, Duration::from_secs(30));
-        assert_eq!(c.role, Role::None);
+        assert_eq!(c.role, RoleId::None);
     }
 
     #[test]
@@ -678,7 +912,7 @@ mod tests {
         assert_eq!(c.network_source, NetworkSource::Invalid);
         let msgs: Vec<String> = c.errors.iter().map(|e| e.to_string()).collect();
         let all = msgs.join("\n");
-        assert!(all.contains("test key capstan.net.nic0.address"), "{all}");
+        assert!(all.contains("defaults key capstan.net.nic0.address"), "{all}");
         assert!(all.contains("capstan.net.nic1.mac"), "{all}");
         assert!(all.contains("capstan.hostname"), "{all}");
         assert!(all.contains("capstan.bogus"), "{all}");
@@ -700,26 +934,5 @@ mod tests {
         assert_eq!(c.network_source, NetworkSource::Invalid);
         assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
         assert!(c.errors[1].reason.contains("duplicate NIC name"));
-    }
-
-    #[test]
-    fn lb_role_builds_lb_settings_or_names_the_key() {
-        let c = Config::from_flat(&flat(&[("role", "lb")]), false);
-        assert!(c.lb.is_none());
-        assert!(c.errors.is_empty(), "{:?}", c.errors);
-        assert!(c.role_unconfigured.as_deref().unwrap().contains("lb.vip"));
-        let c = Config::from_flat(&flat(&[("role", "lb"), ("lb.vip", "10.0.0.1/99")]), false);
-        assert!(c.errors.iter().any(|e| e.path == "lb.vip"), "{:?}", c.errors);
-        let c = Config::from_flat(
-            &flat(&[
-                ("role", "lb"),
-                ("lb.vip", "10.0.0.100/24"),
-                ("lb.vrrp.secret", "s3cret"),
-                ("lb.api.token", "0123456789abcdef0123"),
-            ]),
-            false,
-        );
-        assert!(c.errors.is_empty(), "{:?}", c.errors);
-        assert!(c.lb.is_some());
     }
 }

@@ -1,6 +1,6 @@
 //! The Markdown reference page (`docs/config-reference.md`), generated from the schema.
 
-use super::{settings, Applies, NIC_SLOTS, PROFILES, VERSION};
+use super::{settings, Applies, NIC_SLOTS, VERSION};
 
 /// Renders the reference page.
 pub fn markdown() -> String {
@@ -21,8 +21,10 @@ pub fn markdown() -> String {
         NIC_SLOTS[NIC_SLOTS.len() - 1]
     ));
     m.push_str("Templates: ");
-    let profs: Vec<String> =
-        PROFILES.iter().map(|p| format!("`{}` (NICs: {})", p.name, p.nics.join(", "))).collect();
+    let profs: Vec<String> = super::profiles()
+        .iter()
+        .map(|p| format!("`{}` (NICs: {})", p.name, p.nics.join(", ")))
+        .collect();
     m.push_str(&profs.join("; "));
     m.push_str(".\n\n");
     let mut cat = "";

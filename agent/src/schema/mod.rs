@@ -18,7 +18,7 @@ use std::fmt;
 
 pub use config::{
     check_value, parse_duration, split_ssh_keys, Commands, Config, ConfigError, Dns, Flat,
-    FlatValue, Heartbeat, Kube, NetworkSource, Nic, Origin, Role, User,
+    FlatValue, Heartbeat, NetworkSource, Nic, Origin, Source, User,
 };
 pub use markdown::markdown;
 pub use ovf::{
@@ -85,8 +85,14 @@ pub enum Kind {
     PasswordHash,
     /// A duration: seconds, or a number with `s`/`m`/`h`.
     Duration,
-    /// Validated by the role that reads it (the `lb.*` keys, see `lb::settings`).
+    /// Validated by the role that reads it ([`crate::roles::Role::configure`]).
     RoleText,
+    /// PEM certificates, or base64 of them ([`crate::tls::normalize_pem`] lists the forms).
+    PemCerts,
+    /// One PEM private key, or base64 of it.
+    PemKey,
+    /// A bearer token: 16-256 printable ASCII characters, no spaces.
+    Token,
 }
 
 impl Kind {
@@ -112,6 +118,9 @@ impl Kind {
             Kind::PasswordHash => "crypt(3) hash".into(),
             Kind::Duration => "duration (10, 10s, 5m, 1h)".into(),
             Kind::RoleText => "text, validated by the role".into(),
+            Kind::PemCerts => "PEM certificate(s), or base64 of the PEM".into(),
+            Kind::PemKey => "PEM private key, or base64 of the PEM".into(),
+            Kind::Token => "token, 16-256 printable ASCII characters".into(),
         }
     }
 
@@ -137,6 +146,9 @@ impl Kind {
             Kind::PasswordHash => "password-hash",
             Kind::Duration => "duration",
             Kind::RoleText => "string",
+            Kind::PemCerts => "pem-certificates",
+            Kind::PemKey => "pem-private-key",
+            Kind::Token => "token",
         }
     }
 }
@@ -173,7 +185,7 @@ pub struct Setting {
     pub description: &'static str,
     /// The default, as the string a source would carry.
     pub default: Option<&'static str>,
-    /// Profile-specific defaults that replace [`Setting::default`] (`("lb", "lb")`).
+    /// Profile-specific defaults that replace [`Setting::default`] (`(profile, value)`).
     pub profile_defaults: &'static [(&'static str, &'static str)],
     /// The vApp wizard category.
     pub category: &'static str,
@@ -218,13 +230,24 @@ pub struct Profile {
     pub nics: &'static [&'static str],
 }
 
-/// The profiles the builder knows.
-pub const PROFILES: &[Profile] =
-    &[Profile { name: "node", nics: &["nic0"] }, Profile { name: "lb", nics: &["nic0"] }];
+/// The profile of a node without a role of its own.
+const NODE_PROFILE: Profile = Profile { name: "node", nics: &["nic0"] };
+
+/// The profiles the builder knows: `node`, then the profile of each role that has one
+/// ([`crate::roles::Role::profile`]).
+pub fn profiles() -> &'static [Profile] {
+    static ALL: std::sync::OnceLock<Vec<Profile>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let roles = crate::roles::all().iter().filter_map(|r| r.profile());
+        std::iter::once(NODE_PROFILE)
+            .chain(roles.map(|name| Profile { name, nics: &["nic0"] }))
+            .collect()
+    })
+}
 
 /// Looks a profile up by name.
 pub fn profile(name: &str) -> Option<&'static Profile> {
-    PROFILES.iter().find(|p| p.name == name)
+    profiles().iter().find(|p| p.name == name)
 }
 
 const IDENTITY: &str = "Identity";
@@ -232,8 +255,6 @@ const NETWORK: &str = "Network";
 const ACCESS: &str = "Access";
 const SERVICES: &str = "Services";
 const ROLE: &str = "Role";
-const LB: &str = "Load balancer";
-const KUBE: &str = "Kubernetes";
 const HEARTBEAT: &str = "Heartbeat";
 
 macro_rules! setting {
@@ -245,12 +266,14 @@ macro_rules! setting {
             description: $desc,
             category: $cat,
             $($field: $val,)*
-            ..BASE
+            ..BASE_SETTING
         }
     };
 }
 
-const BASE: Setting = Setting {
+/// A setting with every field at its usual value, for `..BASE_SETTING` in settings tables
+/// (the core table here, each role's own).
+pub const BASE_SETTING: Setting = Setting {
     path: "",
     kind: Kind::Bool,
     label: "",
@@ -263,10 +286,13 @@ const BASE: Setting = Setting {
     applies: Applies::All,
 };
 
-/// Roles a node can take.
-pub const ROLES: &[&str] = &["none", "lb", "control-plane", "worker"];
+/// Values of the `provider` setting: `auto` or a provider's name.
+pub const PROVIDERS: &[&str] = &["auto", "vmware", "nocloud", "configdrive", "ec2"];
 
-/// The settings every profile has, without the role-owned `lb.*` keys.
+/// Roles a node can take.
+pub const ROLES: &[&str] = crate::roles::RoleId::NAMES;
+
+/// The settings every profile has, without the keys the roles own ([`crate::roles::Role::settings`]).
 const CORE: &[Setting] = &[
     setting!("hostname", Kind::Hostname, IDENTITY, "Host name",
         "Host name of the node; a fully qualified name also sets the domain."),
@@ -275,6 +301,9 @@ const CORE: &[Setting] = &[
     setting!("instance-id", Kind::InstanceId, IDENTITY, "Instance id",
         "Identity of this VM instance; a new value re-runs per-instance steps. Defaults to the metadata's instance-id, then the OVF environment's vCenter VM id (ve:vCenterId), then the SMBIOS UUID.",
         user_configurable = false),
+    setting!("provider", Kind::Choice(PROVIDERS), IDENTITY, "Metadata provider",
+        "Where the node learns who it is: auto (detect, in order: VMware, OpenStack config drive, NoCloud, EC2) or one provider. Read only from /etc/capstan/agent.toml and the override file.",
+        default = Some("auto"), user_configurable = false),
     setting!("net.{nic}.mac", Kind::Mac, NETWORK, "MAC address",
         "Match the interface by this MAC address (from the OVF environment's adapters when unset)."),
     setting!("net.{nic}.name", Kind::IfName, NETWORK, "Interface name",
@@ -310,70 +339,42 @@ const CORE: &[Setting] = &[
         user_configurable = false),
     setting!("role", Kind::Choice(ROLES), ROLE, "Role",
         "What this node runs: none, lb (HAProxy + keepalived), control-plane or worker.",
-        default = Some("none"), profile_defaults = &[("lb", "lb")]),
-    setting!("kube.endpoint", Kind::Text { min_len: 0, max_len: 255 }, KUBE, "API endpoint",
-        "host:port of the control-plane endpoint to join.",
-        applies = Applies::Profiles(&["node"])),
-    setting!("kube.token", Kind::Text { min_len: 0, max_len: 64 }, KUBE, "Bootstrap token",
-        "kubeadm bootstrap token (abcdef.0123456789abcdef).",
-        secret = true, applies = Applies::Profiles(&["node"])),
-    setting!("kube.ca-cert-hash", Kind::Text { min_len: 0, max_len: 80 }, KUBE, "CA certificate hash",
-        "sha256:<hex> pin of the cluster CA.", applies = Applies::Profiles(&["node"])),
+        default = Some("none")),
     setting!("heartbeat.url", Kind::Url, HEARTBEAT, "Hub URL",
-        "HTTPS URL of the capstan-hub heartbeat endpoint; unset disables heartbeats."),
+        "https://HOST[:PORT] of capstan-hub (heartbeats go to /v1/heartbeat); unset disables heartbeats. Needs heartbeat.ca and a credential (heartbeat.client-cert with heartbeat.client-key, or heartbeat.token)."),
     setting!("heartbeat.interval", Kind::Duration, HEARTBEAT, "Heartbeat interval",
-        "Time between heartbeats.", default = Some("10s")),
-    setting!("heartbeat.ca", Kind::Text { min_len: 0, max_len: 16384 }, HEARTBEAT, "Hub CA",
-        "PEM CA certificate that signs the hub's certificate (system roots when unset).",
-        user_configurable = false),
+        "Time between heartbeats (each one jittered by 10 %); the hub's --interval should match.",
+        default = Some("10s")),
+    setting!("heartbeat.ca", Kind::PemCerts, HEARTBEAT, "Hub CA",
+        "The CA certificate that signs the hub's certificate (ca.pem of capstan-hub certs init), the only one trusted: PEM text, or base64 of it on one line. Required with heartbeat.url."),
+    setting!("heartbeat.client-cert", Kind::PemCerts, HEARTBEAT, "Node certificate",
+        "This node's client certificate for mutual TLS (NAME.pem of capstan-hub certs node DIR NAME, whose CN is the node's instance-id): PEM text, or base64 of it on one line. Goes with heartbeat.client-key."),
+    setting!("heartbeat.client-key", Kind::PemKey, HEARTBEAT, "Node key",
+        "The private key of heartbeat.client-cert (NAME-key.pem of capstan-hub certs node), unencrypted: PEM text, or base64 of it on one line.",
+        secret = true),
+    setting!("heartbeat.token", Kind::Token, HEARTBEAT, "Node token",
+        "A per-node bearer token (this instance-id's line in the hub's --token-file), used when no client certificate is given.",
+        secret = true),
 ];
 
-/// Label and type of each `lb.*` key. The keys, defaults, secrecy and help come from
-/// `lb::settings::KEYS` (the role owns them); this adds what the OVF wizard needs.
-fn lb_kind(key: &str) -> (Kind, &'static str) {
-    match key {
-        "lb.vip" => (Kind::RoleText, "Virtual IP (CIDR)"),
-        "lb.interface" => (Kind::IfName, "VIP interface"),
-        "lb.port" => (Kind::Int { min: 1, max: 65535 }, "Frontend port"),
-        "lb.backends" => (Kind::RoleText, "Backends"),
-        "lb.health" => (Kind::RoleText, "Health check"),
-        "lb.health-interval" => (Kind::RoleText, "Health check interval"),
-        "lb.health-rise" => (Kind::Int { min: 1, max: 100 }, "Health checks to rise"),
-        "lb.health-fall" => (Kind::Int { min: 1, max: 100 }, "Health checks to fall"),
-        "lb.vrrp.router-id" => (Kind::Int { min: 1, max: 255 }, "VRRP router id"),
-        "lb.vrrp.priority" => (Kind::Int { min: 1, max: 254 }, "VRRP priority"),
-        "lb.vrrp.peers" => (Kind::RoleText, "VRRP unicast peers"),
-        "lb.vrrp.secret" => (Kind::Text { min_len: 0, max_len: 8 }, "VRRP secret"),
-        "lb.api.listen" => (Kind::RoleText, "API listen address"),
-        "lb.api.token" => (Kind::RoleText, "API bearer token"),
-        "lb.api.client-ca" => (Kind::RoleText, "API client CA file"),
-        "lb.api.cert" => (Kind::RoleText, "API certificate file"),
-        "lb.api.key" => (Kind::RoleText, "API key file"),
-        "lb.metrics.listen" => (Kind::RoleText, "Metrics listen address"),
-        _ => (Kind::RoleText, "Load balancer setting"),
-    }
-}
-
 fn build() -> Vec<Setting> {
+    let roles = crate::roles::all();
+    // A role's profile defaults `role` to that role.
+    let role_defaults: Vec<(&'static str, &'static str)> =
+        roles.iter().filter_map(|r| Some((r.profile()?, r.id().as_str()))).collect();
+    let role_defaults: &'static [(&'static str, &'static str)] =
+        Box::leak(role_defaults.into_boxed_slice());
     let mut all: Vec<Setting> = CORE.to_vec();
-    for spec in crate::lb::settings::KEYS {
-        let (kind, label) = lb_kind(spec.key);
-        all.push(Setting {
-            path: spec.key,
-            kind,
-            label,
-            description: spec.help,
-            default: spec.default.filter(|d| !d.is_empty()),
-            category: LB,
-            secret: spec.secret,
-            applies: Applies::Profiles(&["lb"]),
-            // Paths to files inside the appliance are for the override file, not the wizard.
-            user_configurable: !matches!(
-                spec.key,
-                "lb.api.client-ca" | "lb.api.cert" | "lb.api.key"
-            ),
-            ..BASE
-        });
+    for s in all.iter_mut().filter(|s| s.path == "role") {
+        s.profile_defaults = role_defaults;
+    }
+    for r in roles {
+        // roles may share settings (control-plane and worker both own `kube.*`): listed once
+        for s in r.settings() {
+            if !all.iter().any(|a| a.path == s.path) {
+                all.push(s);
+            }
+        }
     }
     all
 }

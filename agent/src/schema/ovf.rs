@@ -1,7 +1,7 @@
 //! OVF ProductSection properties generated from the schema, for the builder and for
 //! `capstan-agent config schema --ovf`.
 
-use super::{profile, settings, Kind, Setting, KEY_PREFIX, PROFILES};
+use super::{profile, settings, Kind, Setting, KEY_PREFIX};
 
 /// One vApp property, as the builder puts it into the descriptor's ProductSection.
 pub use ovf::descriptor::builder::ProductProperty;
@@ -38,7 +38,10 @@ fn ovf_type(kind: &Kind, has_default: bool) -> (PropertyType, Option<String>) {
         Kind::Mac => (PropertyType::String, Some("MinLen(0),MaxLen(17)".into())),
         Kind::IfName => (PropertyType::String, Some("MinLen(0),MaxLen(15)".into())),
         Kind::Ip => (PropertyType::String, Some("MinLen(0),MaxLen(45)".into())),
-        Kind::SshKeys => (PropertyType::String, Some("MinLen(0),MaxLen(16384)".into())),
+        Kind::SshKeys | Kind::PemCerts | Kind::PemKey => {
+            (PropertyType::String, Some("MinLen(0),MaxLen(16384)".into()))
+        }
+        Kind::Token => (PropertyType::String, Some("MinLen(0),MaxLen(256)".into())),
         Kind::CidrList
         | Kind::IpList
         | Kind::DomainList
@@ -176,7 +179,7 @@ pub fn product_section_xml(profile_name: &str) -> String {
 
 /// Names of the known profiles (for CLI help).
 pub fn profile_names() -> Vec<&'static str> {
-    PROFILES.iter().map(|p| p.name).collect()
+    super::profiles().iter().map(|p| p.name).collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::config::{FlatValue, Origin};
+use super::config::{FlatValue, Origin, Source};
 use super::VERSION;
 
 /// Why a TOML configuration file was refused as a whole.
@@ -55,7 +55,7 @@ pub const MAX_TOML: u64 = 1024 * 1024;
 /// `override`). A missing file is `Ok(None)`.
 pub fn read_toml_file(
     path: &Path,
-    source: &str,
+    source: Source,
 ) -> Result<Option<Vec<(String, FlatValue)>>, TomlError> {
     use std::io::Read;
     let file = match std::fs::File::open(path) {
@@ -75,7 +75,7 @@ pub fn read_toml_file(
 pub fn flatten_toml(
     text: &str,
     path: &Path,
-    source: &str,
+    source: Source,
 ) -> Result<Vec<(String, FlatValue)>, TomlError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| TomlError::Syntax {
         path: path.to_owned(),
@@ -96,7 +96,7 @@ fn walk(
     table: &toml::Table,
     prefix: &str,
     path: &Path,
-    source: &str,
+    source: Source,
     out: &mut Vec<(String, FlatValue)>,
 ) -> Result<(), TomlError> {
     for (k, v) in table {
@@ -136,10 +136,7 @@ fn walk(
             key.clone(),
             FlatValue {
                 value,
-                origin: Origin {
-                    source: source.to_owned(),
-                    key: format!("{}: {key}", path.display()),
-                },
+                origin: Origin { source, key: format!("{}: {key}", path.display()) },
             },
         ));
     }
@@ -163,7 +160,7 @@ mtu = 9000
 [lb.vrrp]
 priority = 150
 "#;
-        let flat = flatten_toml(t, Path::new("/etc/capstan/agent.toml"), "defaults").unwrap();
+        let flat = flatten_toml(t, Path::new("/etc/capstan/agent.toml"), Source::Defaults).unwrap();
         let get = |k: &str| flat.iter().find(|(p, _)| p == k).map(|(_, v)| v.value.clone());
         assert_eq!(get("hostname").as_deref(), Some("n1"));
         assert_eq!(get("ntp.servers").as_deref(), Some("a.example,b.example"));
@@ -178,9 +175,15 @@ priority = 150
     #[test]
     fn refuses_bad_files() {
         let p = Path::new("x.toml");
-        assert!(matches!(flatten_toml("version = 2", p, "d"), Err(TomlError::Version { .. })));
-        assert!(matches!(flatten_toml("hostname = ", p, "d"), Err(TomlError::Syntax { .. })));
-        let e = flatten_toml("net.nic0.mtu = 1.5", p, "d").unwrap_err();
+        assert!(matches!(
+            flatten_toml("version = 2", p, Source::Defaults),
+            Err(TomlError::Version { .. })
+        ));
+        assert!(matches!(
+            flatten_toml("hostname = ", p, Source::Defaults),
+            Err(TomlError::Syntax { .. })
+        ));
+        let e = flatten_toml("net.nic0.mtu = 1.5", p, Source::Defaults).unwrap_err();
         assert!(e.to_string().contains("net.nic0.mtu"), "{e}");
     }
 }

@@ -4,9 +4,8 @@
 //!
 //! Everything here is pure: bytes in, text out. The callers add the source and key to errors.
 
-use std::io::Read;
-
-use base64::Engine as _;
+use crate::encoding::CodecError;
+pub use crate::encoding::{base64_decode, gunzip_bounded, is_gzip, Encoding};
 
 /// vSphere refuses a guestinfo value larger than this; anything larger did not come from
 /// vSphere and is rejected before decoding.
@@ -19,19 +18,10 @@ pub const INFLATED_LIMIT: usize = 8 * 1024 * 1024;
 /// cloud-init writes this into a redacted key; it means "no value", like an empty string.
 pub const EMPTY_YAML_VALUE: &str = "---";
 
-/// How a value was encoded, from the sibling `<key>.encoding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// No `.encoding` key, or an empty one: the value is the text (gzip still sniffed).
-    Raw,
-    /// `base64` or `b64`.
-    Base64,
-    /// `gzip+base64` or `gz+b64`.
-    GzipBase64,
-}
-
 impl Encoding {
-    /// Parses the value of a `<key>.encoding` key; `None` and empty mean raw.
+    /// Parses the value of a `<key>.encoding` key with the VMware datasource's spellings
+    /// (`base64` or `b64`, `gzip+base64` or `gz+b64`; case-sensitive, as cloud-init's); `None`
+    /// and empty mean raw (gzip is still sniffed by [`decode`]).
     pub fn parse(value: Option<&str>) -> Result<Self, DecodeError> {
         match value.map(str::trim) {
             None | Some("") => Ok(Self::Raw),
@@ -57,18 +47,9 @@ pub enum DecodeError {
     /// The `.encoding` key names an encoding cloud-init does not know.
     #[error("unknown encoding {0:?} (expected base64, b64, gzip+base64 or gz+b64)")]
     UnknownEncoding(String),
-    /// Not valid base64.
-    #[error("invalid base64")]
-    Base64(#[source] base64::DecodeError),
-    /// Not a valid gzip stream.
-    #[error("invalid gzip data")]
-    Gzip(#[source] std::io::Error),
-    /// Inflates beyond [`INFLATED_LIMIT`].
-    #[error("gzip data inflates beyond {limit} bytes (gzip bomb?)")]
-    Inflated {
-        /// The limit.
-        limit: usize,
-    },
+    /// Not valid base64 or gzip, or inflates beyond [`INFLATED_LIMIT`].
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// The decoded bytes are not UTF-8 text.
     #[error("decoded value is not UTF-8 text")]
     NotUtf8,
@@ -90,15 +71,11 @@ pub fn decode(raw: &[u8], encoding: Encoding) -> Result<Option<String>, DecodeEr
     if is_empty_value(raw) {
         return Ok(None);
     }
-    let bytes = match encoding {
-        Encoding::Raw => raw.to_vec(),
-        Encoding::Base64 | Encoding::GzipBase64 => base64_decode(raw)?,
-    };
-    let bytes = if encoding == Encoding::GzipBase64 || is_gzip(&bytes) {
-        gunzip_bounded(&bytes, INFLATED_LIMIT)?
-    } else {
-        bytes
-    };
+    // gzip is sniffed by magic under any encoding, as cloud-init does
+    let mut bytes = encoding.decode(raw, INFLATED_LIMIT)?;
+    if !encoding.is_gzip() && is_gzip(&bytes) {
+        bytes = gunzip_bounded(&bytes, INFLATED_LIMIT)?;
+    }
     let text = String::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
     if is_empty_value(text.as_bytes()) {
         return Ok(None);
@@ -113,49 +90,10 @@ pub fn is_empty_value(raw: &[u8]) -> bool {
     trimmed.is_empty() || trimmed == EMPTY_YAML_VALUE.as_bytes()
 }
 
-/// gzip's magic number.
-pub fn is_gzip(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0x1f, 0x8b])
-}
-
-/// Standard base64, ignoring ASCII whitespace (line-wrapped output of `base64`), padding
-/// optional.
-pub fn base64_decode(raw: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let compact: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    engine.decode(&compact).map_err(DecodeError::Base64)
-}
-
-/// Inflates a gzip stream (concatenated members allowed), refusing to produce more than
-/// `limit` bytes.
-pub fn gunzip_bounded(bytes: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let decoder = flate2::read::MultiGzDecoder::new(bytes);
-    let mut out = Vec::new();
-    // Read one byte past the limit to tell "exactly at the limit" from "over it".
-    let read = decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(DecodeError::Gzip)?;
-    if read > limit {
-        return Err(DecodeError::Inflated { limit });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn gz(data: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-    fn b64(data: &[u8]) -> String {
-        base64::engine::general_purpose::STANDARD.encode(data)
-    }
+    use crate::encoding::testing::{b64, gz};
 
     #[test]
     fn encodings_parse_like_cloud_init() {
@@ -200,10 +138,13 @@ mod tests {
 
     #[test]
     fn hostile_values_fail_clearly() {
-        assert!(matches!(decode(b"not base64!!", Encoding::Base64), Err(DecodeError::Base64(_))));
+        assert!(matches!(
+            decode(b"not base64!!", Encoding::Base64),
+            Err(DecodeError::Codec(CodecError::Base64(_)))
+        ));
         assert!(matches!(
             decode(b64(b"plain").as_bytes(), Encoding::GzipBase64),
-            Err(DecodeError::Gzip(_))
+            Err(DecodeError::Codec(CodecError::Gzip(_)))
         ));
         let big = vec![b'a'; GUESTINFO_VALUE_LIMIT + 1];
         assert!(matches!(decode(&big, Encoding::Raw), Err(DecodeError::TooLarge { .. })));
@@ -214,7 +155,7 @@ mod tests {
         assert!(enc.len() < GUESTINFO_VALUE_LIMIT, "{}", enc.len());
         assert!(matches!(
             decode(enc.as_bytes(), Encoding::GzipBase64),
-            Err(DecodeError::Inflated { .. })
+            Err(DecodeError::Codec(CodecError::Inflated { .. }))
         ));
         assert!(matches!(decode(&[0xff, 0xfe, 0x41], Encoding::Raw), Err(DecodeError::NotUtf8)));
     }

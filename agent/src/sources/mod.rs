@@ -14,10 +14,18 @@
 //! higher-precedence source (direct guestinfo, override file) sets any `net.*` key; otherwise
 //! the `net.*` keys merged key by key.
 
+pub mod configdrive;
+pub mod detect;
+pub mod ec2;
 pub mod encoding;
+pub mod imds;
 pub mod iso9660;
 pub mod jinja;
+pub mod nocloud;
 mod ovfenv;
+pub mod provider_data;
+pub mod provider_spec;
+pub mod vmware;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,12 +33,17 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::guestinfo::{DirGuestinfo, FwCfg, Guestinfo, GuestinfoError};
-use crate::schema::{self, all_concrete_paths, Config, FlatValue, Origin};
+use crate::guestinfo::Guestinfo;
+use crate::root::Root;
+use crate::schema::{self, Config, FlatValue, NetworkSource, Origin, Source};
+use crate::state::{State, SECRETS_FILE};
+use crate::steps::NetworkConfig;
 use crate::types::InstanceId;
-use encoding::{DecodeError, Encoding};
 
+pub use detect::Chosen;
 pub use ovfenv::{find_ovf_cdrom, read_ovf_env_cdrom, OVF_ENV_NAMES};
+pub use provider_spec::ProviderSpec;
+pub use vmware::{guestinfo_transport, parse_metadata};
 
 /// Baked defaults, relative to the root.
 pub const DEFAULTS_FILE: &str = "etc/capstan/agent.toml";
@@ -53,6 +66,8 @@ pub struct SourceOptions {
     pub dev_dir: PathBuf,
     /// `/sys` (fw_cfg and DMI).
     pub sys_dir: PathBuf,
+    /// `--provider`: read this provider instead of detecting one ([`detect`]).
+    pub provider: Option<ProviderSpec>,
 }
 
 impl SourceOptions {
@@ -66,6 +81,7 @@ impl SourceOptions {
             live: false,
             ovf_env_file: None,
             guestinfo_dir: None,
+            provider: None,
         }
     }
 
@@ -78,6 +94,7 @@ impl SourceOptions {
             guestinfo_dir: None,
             dev_dir: PathBuf::from("/dev"),
             sys_dir: PathBuf::from("/sys"),
+            provider: None,
         }
     }
 }
@@ -96,20 +113,12 @@ pub struct SourceError {
 
 impl SourceError {
     fn new(source: &str, key: &str, err: &dyn std::error::Error) -> Self {
-        Self { source_name: source.to_owned(), key: key.to_owned(), reason: chain(err) }
+        Self {
+            source_name: source.to_owned(),
+            key: key.to_owned(),
+            reason: crate::error::chain(err),
+        }
     }
-}
-
-/// `err: cause: cause` in one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A source that was consulted, for `status`.
@@ -150,6 +159,14 @@ pub struct Gathered {
     pub guestinfo: Option<Box<dyn Guestinfo>>,
     /// guestinfo keys that held secrets and were consumed (to scrub after use).
     pub secret_keys: Vec<String>,
+    /// The provider read ([`detect`]).
+    pub provider: Chosen,
+    /// A cloud provider's network, when it is the node's ([`Config::network_source`] names it).
+    pub network: Option<NetworkConfig>,
+    /// A cloud provider's SSH keys for the default user.
+    pub public_keys: Vec<String>,
+    /// The provider was found but its data refused whole: apply nothing ([`Found::refused`]).
+    pub refused: bool,
 }
 
 impl Gathered {
@@ -192,35 +209,65 @@ impl Gathered {
     }
 }
 
-type Layer = Vec<(String, FlatValue)>;
+/// Settings by schema path from one source, with their origins.
+pub type Layer = Vec<(String, FlatValue)>;
 
-fn fv(value: impl Into<String>, source: &str, key: impl Into<String>) -> FlatValue {
-    FlatValue { value: value.into(), origin: Origin { source: source.to_owned(), key: key.into() } }
+fn fv(value: impl Into<String>, source: Source, key: impl Into<String>) -> FlatValue {
+    FlatValue { value: value.into(), origin: Origin { source, key: key.into() } }
 }
 
-/// Picks the guestinfo transport: `--guestinfo-dir`, else (live only) fw_cfg when QEMU passed
-/// keys, else the VMware backdoor when the CPU says VMware.
-pub fn guestinfo_transport(opts: &SourceOptions) -> Option<Box<dyn Guestinfo>> {
-    if let Some(d) = &opts.guestinfo_dir {
-        return Some(Box::new(DirGuestinfo::new(d)));
+/// What a [`Provider`] found. Every field defaults to "nothing here".
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Settings by schema path, one layer per source of the provider, lowest precedence
+    /// first (for VMware: the OVF environment, the cloud-init metadata, the direct keys).
+    pub layers: Vec<Layer>,
+    /// The cloud-init metadata mapping (`network` decoded too), when the provider has one.
+    pub metadata: Option<Map<String, Value>>,
+    /// The same metadata as YAML text, for the cloud-init parser.
+    pub metadata_text: Option<String>,
+    /// The decoded user-data (a `#cloud-config`, maybe a jinja template).
+    pub userdata: Option<String>,
+    /// The decoded vendor-data.
+    pub vendordata: Option<String>,
+    /// An instance-id below every layer (the OVF environment's vCenter VM id), and its origin.
+    pub fallback_instance_id: Option<(String, Origin)>,
+    /// Keys of the provider's transport that held secrets, to scrub after use.
+    pub secret_keys: Vec<String>,
+    /// The sources that were present.
+    pub reports: Vec<SourceReport>,
+    /// Values that were refused, naming the source and key.
+    pub errors: Vec<SourceError>,
+    /// The network, already in the steps' model, when a cloud provider gave one (VMware's
+    /// comes as the metadata's netplan instead), and the name `status` gives its source.
+    pub network: Option<(NetworkSource, NetworkConfig)>,
+    /// SSH public keys for the default user (a cloud provider's `public-keys`).
+    pub public_keys: Vec<String>,
+    /// The provider is present but its data was refused whole (see [`Found::errors`]): first
+    /// boot applies nothing, rather than a node half configured from defaults.
+    pub refused: bool,
+}
+
+/// The cheap answer to "which instance is this?": the raw values a provider names the
+/// instance by, compared between polls (equal values: the same instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity(pub Vec<Option<String>>);
+
+/// A metadata provider: where a cloud or hypervisor tells a node who it is (Afterburn's
+/// model). [`Vmware`](vmware::Vmware) is the first; NoCloud, OpenStack config drive and
+/// EC2 plug in here. I/O lives in the provider; parsing in pure functions beside it.
+pub trait Provider {
+    /// A short name (`vmware`).
+    fn name(&self) -> &'static str;
+    /// Reads everything the provider has. Never fails: what cannot be read is in
+    /// [`Found::errors`]. Defaults to nothing.
+    fn read(&self, _opts: &SourceOptions) -> Found {
+        Found::default()
     }
-    if !opts.live {
-        return None;
-    }
-    let fw = FwCfg::new(opts.sys_dir.join("firmware/qemu_fw_cfg/by_name/opt/capstan/guestinfo"));
-    if fw.is_present() {
-        return Some(Box::new(fw));
-    }
-    match crate::guestinfo::backdoor::Backdoor::probe() {
-        Ok(b) => {
-            tracing::debug!(access = ?b.access(), "VMware backdoor available");
-            Some(Box::new(b))
-        }
-        Err(GuestinfoError::NotVmware) => None,
-        Err(e) => {
-            tracing::warn!(error = %chain(&e), "VMware backdoor unavailable");
-            None
-        }
+    /// The few values that name the instance, read cheaply (the daemon asks this every poll
+    /// instead of a full [`Provider::read`]). Defaults to nothing.
+    fn identity(&self) -> Identity {
+        Identity::default()
     }
 }
 
@@ -231,185 +278,90 @@ pub fn gather(opts: &SourceOptions) -> Gathered {
     gather_with(opts, gi)
 }
 
-/// [`gather`] with an explicit guestinfo transport.
+/// The cheap identity question of the daemon's watch for VMware: its identity values and the
+/// SMBIOS UUID (one small read each; no CD-ROM scan, no schema-wide key probe).
+pub fn identity(opts: &SourceOptions, gi: Option<&dyn Guestinfo>) -> Identity {
+    identity_of(&Chosen::Vmware, opts, gi)
+}
+
+/// The cheap identity question for the provider a gathering chose ([`Gathered::provider`]):
+/// its [`Provider::identity`] and the SMBIOS UUID.
+pub fn identity_of(chosen: &Chosen, opts: &SourceOptions, gi: Option<&dyn Guestinfo>) -> Identity {
+    let mut id = chosen.identity(gi);
+    id.0.push(read_smbios_uuid(&opts.sys_dir.join(SMBIOS_UUID)).map(|u| u.to_string()));
+    id
+}
+
+/// [`gather`] with an explicit guestinfo transport: the precedence of DESIGN.md over the
+/// baked defaults, the providers' layers, and the override file.
 pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gathered {
     let mut errors = Vec::new();
     let mut reports = Vec::new();
-    let mut secret_keys = Vec::new();
     let gi_name = gi.as_ref().map_or("guestinfo", |g| g.transport());
-
-    // 1. Baked defaults.
-    let defaults = read_toml_layer(opts, DEFAULTS_FILE, "defaults", &mut errors, &mut reports);
-
-    // 2. OVF environment.
-    let (ovf_layer, ovf_vcenter_id) =
-        ovfenv::read_layer(opts, gi.as_deref(), &mut errors, &mut reports);
-
-    // 3. cloud-init metadata / userdata / vendordata.
-    let mut meta_layer: Layer = Vec::new();
-    let mut metadata = None;
-    let mut metadata_text = None;
-    let mut userdata = None;
-    let mut vendordata = None;
-    if let Some(g) = gi.as_deref() {
-        if let Some(text) = read_encoded(g, "metadata", &mut errors) {
-            match parse_metadata(&text) {
-                Ok(mut map) => {
-                    decode_metadata_network(&mut map, g.transport(), &mut errors);
-                    if let Some(Value::String(id)) = map.get("instance-id") {
-                        meta_layer.push((
-                            "instance-id".into(),
-                            fv(id.clone(), "metadata", "instance-id"),
-                        ));
-                    }
-                    if let Some(Value::String(h)) = map.get("local-hostname") {
-                        meta_layer
-                            .push(("hostname".into(), fv(h.clone(), "metadata", "local-hostname")));
-                    }
-                    if let Some(Value::Array(redact)) = map.get("redact") {
-                        for k in redact.iter().filter_map(Value::as_str) {
-                            let k = k.strip_prefix("guestinfo.").unwrap_or(k);
-                            if crate::guestinfo::check_key(k).is_ok() {
-                                secret_keys.push(k.to_owned());
-                            }
-                        }
-                    }
-                    reports.push(SourceReport {
-                        name: "metadata".into(),
-                        location: format!("{} guestinfo.metadata", g.transport()),
-                        values: meta_layer.len(),
-                    });
-                    metadata_text = serde_yaml::to_string(&map).ok();
-                    metadata = Some(map);
-                }
-                Err(reason) => errors.push(SourceError {
-                    source_name: g.transport().into(),
-                    key: "guestinfo.metadata".into(),
-                    reason,
-                }),
-            }
-        }
-        if let Some(text) = read_encoded(g, "userdata", &mut errors) {
-            // User-data carries bootstrap tokens and keys: scrub it after use.
-            secret_keys.push("userdata".into());
-            reports.push(SourceReport {
-                name: "userdata".into(),
-                location: format!("{} guestinfo.userdata", g.transport()),
-                values: 0,
-            });
-            userdata = Some(text);
-        }
-        if let Some(text) = read_encoded(g, "vendordata", &mut errors) {
-            reports.push(SourceReport {
-                name: "vendordata".into(),
-                location: format!("{} guestinfo.vendordata", g.transport()),
-                values: 0,
-            });
-            vendordata = Some(text);
-        }
-    }
-
-    // 4. Direct guestinfo.capstan.* keys.
-    let mut direct: Layer = Vec::new();
-    if let Some(g) = gi.as_deref() {
-        // A transport that can list its keys is asked only for those it has.
-        let listed = g.keys();
-        for path in all_concrete_paths() {
-            let key = format!("{}{path}", schema::KEY_PREFIX);
-            if listed.as_ref().is_some_and(|keys| !keys.contains(&key)) {
-                continue;
-            }
-            match g.get(&key) {
-                Ok(Some(v)) if v.len() > encoding::GUESTINFO_VALUE_LIMIT => {
-                    errors.push(SourceError::new(
-                        gi_name,
-                        &format!("guestinfo.{key}"),
-                        &DecodeError::TooLarge {
-                            len: v.len(),
-                            limit: encoding::GUESTINFO_VALUE_LIMIT,
-                        },
-                    ));
-                }
-                Ok(Some(v)) if !encoding::is_empty_value(v.as_bytes()) => {
-                    if schema::lookup(&path).is_some_and(|s| s.secret) {
-                        secret_keys.push(key.clone());
-                    }
-                    direct.push((path, fv(v, gi_name, format!("guestinfo.{key}"))));
-                }
-                Ok(_) => {}
-                Err(e) => errors.push(SourceError::new(gi_name, &format!("guestinfo.{key}"), &e)),
-            }
-        }
-        if !direct.is_empty() {
-            reports.push(SourceReport {
-                name: "guestinfo".into(),
-                location: format!("{gi_name} guestinfo.capstan.*"),
-                values: direct.len(),
-            });
-        }
-    }
-
-    // 5. Override file.
-    let overrides = read_toml_layer(opts, OVERRIDE_FILE, "override", &mut errors, &mut reports);
+    // 1. baked defaults
+    let defaults =
+        read_toml_layer(opts, DEFAULTS_FILE, Source::Defaults, &mut errors, &mut reports);
+    // 5. the override file (read before the provider: it may force one)
+    let (mut override_errors, mut override_reports) = (Vec::new(), Vec::new());
+    let overrides = read_toml_layer(
+        opts,
+        OVERRIDE_FILE,
+        Source::Override,
+        &mut override_errors,
+        &mut override_reports,
+    );
+    // 2.-4. the provider
+    let forced = detect::forced(&defaults, &overrides);
+    let (provider, mut found) = detect::choose_and_read(opts, gi.as_deref(), forced);
+    errors.append(&mut found.errors);
+    reports.append(&mut found.reports);
+    errors.append(&mut override_errors);
+    reports.append(&mut override_reports);
 
     // The network rule: metadata's netplan wins unless a higher source sets net.*.
     let has_net =
         |l: &Layer| l.iter().any(|(p, v)| p.starts_with("net.") && !v.value.trim().is_empty());
+    let above_metadata = found.layers.last().is_some_and(has_net) || has_net(&overrides);
     let metadata_network =
-        metadata.as_ref().is_some_and(|m| m.get("network").is_some_and(|n| !n.is_null()))
-            && !has_net(&direct)
-            && !has_net(&overrides);
-
-    let mut flat: schema::Flat = BTreeMap::new();
-    for layer in [defaults, ovf_layer, meta_layer, direct, overrides] {
-        for (path, v) in layer {
-            if v.value.trim().is_empty() {
-                continue; // empty = unset; it does not hide a lower source's value
-            }
-            flat.insert(path, v);
-        }
-    }
+        found.metadata.as_ref().is_some_and(|m| m.get("network").is_some_and(|n| !n.is_null()))
+            && !above_metadata;
+    // A cloud provider's network wins the same way (no provider layer sets net.*).
+    let provider_network = found.network.take().filter(|_| !has_net(&overrides));
+    let metadata_network = metadata_network || provider_network.is_some();
+    let layers = std::iter::once(defaults).chain(found.layers).chain(std::iter::once(overrides));
+    let mut flat = merge(layers);
     if metadata_network {
         flat.retain(|p, _| !p.starts_with("net."));
     }
-
-    let mut config = Config::from_flat(&flat, metadata_network);
-
-    // Instance id: a source, else the OVF environment's vCenter id, else the SMBIOS UUID.
-    let (instance_id, instance_id_origin) =
-        resolve_instance_id(&config, &flat, ovf_vcenter_id, opts);
-
-    // Secrets scrubbed from guestinfo at an earlier boot of this instance come back from the
-    // 0600 file written then (a reboot does not restore the VMX's values; a power-off does).
-    let persisted = read_persisted_secrets(&opts.root, &instance_id);
-    let mut added = 0;
-    for (path, value) in persisted {
-        if !flat.contains_key(&path) && schema::lookup(&path).is_some_and(|s| s.secret) {
-            flat.insert(path.clone(), fv(value, "persisted", format!("{SECRETS_FILE} {path}")));
-            added += 1;
+    let config_of = |flat: &schema::Flat| {
+        let mut c = Config::from_flat(flat, metadata_network);
+        if let Some((source, _)) = &provider_network {
+            c.network_source = *source;
         }
-    }
-    if added > 0 {
-        config = Config::from_flat(&flat, metadata_network);
-        reports.push(SourceReport {
-            name: "persisted".into(),
-            location: format!("/var/lib/capstan/instances/{instance_id}/{SECRETS_FILE}"),
-            values: added,
-        });
+        c
+    };
+    let mut config = config_of(&flat);
+    // Instance id: a source, else the provider's fallback, else the SMBIOS UUID.
+    let (instance_id, instance_id_origin) =
+        resolve_instance_id(&config, &flat, found.fallback_instance_id, opts);
+    if let Some(report) = add_persisted_secrets(opts, &instance_id, &mut flat) {
+        config = config_of(&flat);
+        reports.push(report);
     }
     config.instance_id = Some(instance_id.clone());
-
     // Render jinja user-data now that the instance data is known.
-    if let Some(text) = userdata.take() {
-        userdata =
-            render_userdata(text, metadata.as_ref(), &instance_id, &config, gi_name, &mut errors);
-    }
+    let metadata = found.metadata;
+    let (ud_source, ud_key) = match provider {
+        Chosen::Vmware => (gi_name, "guestinfo.userdata"),
+        ref other => (other.name(), "user-data"),
+    };
+    let mut userdata = found.userdata.and_then(|text| {
+        let at = (ud_source, ud_key);
+        render_userdata(text, metadata.as_ref(), &instance_id, &config, at, &mut errors)
+    });
     if userdata.is_none() {
-        if let Some(ud) = config.user_data.clone() {
-            userdata = Some(ud);
-        }
+        userdata.clone_from(&config.user_data);
     }
-
     Gathered {
         flat,
         config,
@@ -418,23 +370,66 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
         sources: reports,
         errors,
         metadata,
-        metadata_text,
+        metadata_text: found.metadata_text,
         userdata,
-        vendordata,
+        vendordata: found.vendordata,
         guestinfo: gi,
-        secret_keys,
+        secret_keys: found.secret_keys,
+        provider,
+        network: provider_network.map(|(_, n)| n),
+        public_keys: found.public_keys,
+        refused: found.refused,
     }
+}
+
+/// Merges layers, lowest precedence first; an empty value is unset and does not hide a
+/// lower source's value.
+fn merge(layers: impl Iterator<Item = Layer>) -> schema::Flat {
+    let mut flat = schema::Flat::new();
+    for (path, v) in layers.flatten() {
+        if !v.value.trim().is_empty() {
+            flat.insert(path, v);
+        }
+    }
+    flat
+}
+
+/// Secrets scrubbed from guestinfo at an earlier boot of this instance come back from the
+/// 0600 file written then (a reboot does not restore the VMX's values; a power-off does),
+/// read through the rooted state store. Returns the source's report when any came back.
+fn add_persisted_secrets(
+    opts: &SourceOptions,
+    instance_id: &InstanceId,
+    flat: &mut schema::Flat,
+) -> Option<SourceReport> {
+    let state = State::new(Root::new(&opts.root).ok()?);
+    let mut added = 0;
+    for (path, value) in state.load_secrets(instance_id.as_str()) {
+        if !flat.contains_key(&path) && schema::lookup(&path).is_some_and(|s| s.secret) {
+            flat.insert(
+                path.clone(),
+                fv(value, Source::Persisted, format!("{SECRETS_FILE} {path}")),
+            );
+            added += 1;
+        }
+    }
+    (added > 0).then(|| SourceReport {
+        name: "persisted".into(),
+        location: State::secrets_location(instance_id.as_str()),
+        values: added,
+    })
 }
 
 fn read_toml_layer(
     opts: &SourceOptions,
     rel: &str,
-    name: &str,
+    source: Source,
     errors: &mut Vec<SourceError>,
     reports: &mut Vec<SourceReport>,
 ) -> Layer {
     let path = opts.root.join(rel);
-    match schema::read_toml_file(&path, name) {
+    let name = source.as_str();
+    match schema::read_toml_file(&path, source) {
         Ok(Some(layer)) => {
             reports.push(SourceReport {
                 name: name.into(),
@@ -452,109 +447,12 @@ fn read_toml_layer(
     }
 }
 
-/// Reads `key` and `key.encoding` and decodes; errors name the key.
-fn read_encoded(g: &dyn Guestinfo, key: &str, errors: &mut Vec<SourceError>) -> Option<String> {
-    let gk = format!("guestinfo.{key}");
-    let raw = match g.get(key) {
-        Ok(Some(v)) => v,
-        Ok(None) => return None,
-        Err(e) => {
-            errors.push(SourceError::new(g.transport(), &gk, &e));
-            return None;
-        }
-    };
-    let enc_key = format!("{key}.encoding");
-    let enc = match g.get(&enc_key) {
-        Ok(v) => v,
-        Err(e) => {
-            errors.push(SourceError::new(g.transport(), &format!("guestinfo.{enc_key}"), &e));
-            return None;
-        }
-    };
-    let decoded = Encoding::parse(enc.as_deref()).and_then(|e| encoding::decode(raw.as_bytes(), e));
-    match decoded {
-        Ok(v) => v,
-        Err(e) => {
-            let k = if matches!(e, DecodeError::UnknownEncoding(_)) {
-                format!("guestinfo.{enc_key}")
-            } else {
-                gk
-            };
-            errors.push(SourceError::new(g.transport(), &k, &e));
-            None
-        }
-    }
-}
-
-/// Parses metadata as JSON or YAML (as cloud-init does) and requires a mapping.
-pub fn parse_metadata(text: &str) -> Result<Map<String, Value>, String> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(_) => {
-            let y: serde_yaml::Value =
-                serde_yaml::from_str(text).map_err(|e| format!("not valid YAML or JSON: {e}"))?;
-            serde_json::to_value(y).map_err(|e| format!("not representable as JSON: {e}"))?
-        }
-    };
-    match value {
-        Value::Object(m) => Ok(m),
-        Value::Null => Ok(Map::new()),
-        other => Err(format!(
-            "metadata must be a mapping, not {}",
-            match other {
-                Value::Array(_) => "a list",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "something else",
-            }
-        )),
-    }
-}
-
-/// Decodes `network` when `network.encoding` says it is base64/gzip (cloud-init's
-/// process_metadata); on failure drops `network` and records the error.
-fn decode_metadata_network(
-    map: &mut Map<String, Value>,
-    transport: &str,
-    errors: &mut Vec<SourceError>,
-) {
-    let enc = map.remove("network.encoding");
-    let Some(Value::String(s)) = map.get("network").cloned() else {
-        return;
-    };
-    let enc_s = enc.as_ref().and_then(Value::as_str);
-    let result = Encoding::parse(enc_s)
-        .and_then(|e| encoding::decode(s.as_bytes(), e))
-        .map_err(|e| chain(&e))
-        .and_then(|t| match t {
-            Some(t) => parse_metadata(&t),
-            None => Ok(Map::new()),
-        });
-    match result {
-        Ok(m) if m.is_empty() => {
-            map.remove("network");
-        }
-        Ok(m) => {
-            map.insert("network".into(), Value::Object(m));
-        }
-        Err(reason) => {
-            map.remove("network");
-            errors.push(SourceError {
-                source_name: transport.into(),
-                key: "guestinfo.metadata: network".into(),
-                reason,
-            });
-        }
-    }
-}
-
 fn render_userdata(
     text: String,
     metadata: Option<&Map<String, Value>>,
     instance_id: &InstanceId,
     config: &Config,
-    transport: &str,
+    (source, key): (&str, &str),
     errors: &mut Vec<SourceError>,
 ) -> Option<String> {
     if !jinja::is_jinja_template(&text) {
@@ -566,7 +464,7 @@ fn render_userdata(
     match jinja::render(&text, &vars) {
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(SourceError::new(transport, "guestinfo.userdata", &e));
+            errors.push(SourceError::new(source, key, &e));
             None
         }
     }
@@ -575,34 +473,27 @@ fn render_userdata(
 fn resolve_instance_id(
     config: &Config,
     flat: &schema::Flat,
-    vcenter_id: Option<String>,
+    fallback: Option<(String, Origin)>,
     opts: &SourceOptions,
 ) -> (InstanceId, Origin) {
     if let (Some(id), Some(v)) = (&config.instance_id, flat.get("instance-id")) {
         return (id.clone(), v.origin.clone());
     }
-    if let Some(id) = vcenter_id.and_then(|v| v.parse::<InstanceId>().ok()) {
-        return (id, Origin { source: "ovf-env".into(), key: "ve:vCenterId".into() });
+    if let Some((id, origin)) = fallback.and_then(|(v, o)| Some((v.parse::<InstanceId>().ok()?, o)))
+    {
+        return (id, origin);
     }
-    let dmi = opts.sys_dir.join("class/dmi/id/product_uuid");
+    let dmi = opts.sys_dir.join(SMBIOS_UUID);
     if let Some(id) = read_smbios_uuid(&dmi) {
         return (
             id,
-            Origin { source: "smbios".into(), key: "/sys/class/dmi/id/product_uuid".into() },
+            Origin { source: Source::Smbios, key: "/sys/class/dmi/id/product_uuid".into() },
         );
     }
     (
         "iid-unknown".parse().expect("constant is a valid instance-id"),
-        Origin { source: "none".into(), key: "no source gave an instance-id".into() },
+        Origin { source: Source::None, key: "no source gave an instance-id".into() },
     )
-}
-
-/// File name, in the instance's state directory, of the secrets consumed from guestinfo.
-pub const SECRETS_FILE: &str = "secrets.json";
-
-fn read_persisted_secrets(root: &Path, id: &InstanceId) -> BTreeMap<String, String> {
-    let path = root.join("var/lib/capstan/instances").join(id.as_str()).join(SECRETS_FILE);
-    std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 impl Gathered {
@@ -613,7 +504,7 @@ impl Gathered {
         self.flat
             .iter()
             .filter(|(p, v)| {
-                Some(v.origin.source.as_str()) == transport
+                transport.map(Source::of_transport) == Some(v.origin.source)
                     && schema::lookup(p).is_some_and(|s| s.secret)
             })
             .map(|(p, v)| (p.clone(), v.value.clone()))
@@ -621,23 +512,11 @@ impl Gathered {
     }
 }
 
+/// The SMBIOS product UUID, under `/sys`.
+const SMBIOS_UUID: &str = "class/dmi/id/product_uuid";
+
 /// The SMBIOS product UUID, lower-cased like cloud-init does.
 fn read_smbios_uuid(path: &Path) -> Option<InstanceId> {
     let s = std::fs::read_to_string(path).ok()?;
     s.trim().to_ascii_lowercase().parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metadata_must_be_a_mapping() {
-        assert!(parse_metadata("instance-id: a\n").is_ok());
-        assert!(parse_metadata("{\"instance-id\": \"a\"}").is_ok());
-        let e = parse_metadata("- a\n- b\n").unwrap_err();
-        assert!(e.contains("mapping"), "{e}");
-        assert!(parse_metadata("just text").unwrap_err().contains("mapping"));
-        assert!(parse_metadata("a: [").is_err());
-    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{fv, iso9660, Layer, SourceError, SourceOptions, SourceReport};
 use crate::guestinfo::Guestinfo;
-use crate::schema::{self, NIC_SLOTS};
+use crate::schema::{self, Source, NIC_SLOTS};
 
 /// File names vSphere and cloud-init use for the environment on the ISO.
 pub const OVF_ENV_NAMES: &[&str] = &["ovf-env.xml", "ovf_env.xml"];
@@ -117,7 +117,7 @@ pub(super) fn read_layer(
         let Some(path) = p.key.strip_prefix(schema::KEY_PREFIX) else {
             continue; // other products' properties are not ours
         };
-        layer.push((path.to_owned(), fv(p.value.clone(), "ovf-env", p.key.clone())));
+        layer.push((path.to_owned(), fv(p.value.clone(), Source::OvfEnv, p.key.clone())));
     }
     // MACs of the VM's adapters, in order, for NIC slots that have no MAC property value.
     for (slot, a) in NIC_SLOTS.iter().zip(&env.ethernet_adapters) {
@@ -127,7 +127,10 @@ pub(super) fn read_layer(
             .iter()
             .any(|(p, v)| p.starts_with(&format!("net.{slot}.")) && !v.value.trim().is_empty());
         if !given && slot_used {
-            layer.push((path, fv(a.mac.clone(), "ovf-env", format!("ve:Adapter[{slot}] ve:mac"))));
+            layer.push((
+                path,
+                fv(a.mac.clone(), Source::OvfEnv, format!("ve:Adapter[{slot}] ve:mac")),
+            ));
         }
     }
     reports.push(SourceReport {

@@ -99,7 +99,7 @@ fn run_all(ctx: &Ctx<'_>, which: &str, cmds: &[Command]) -> Result<Outcome, Step
     if let Err(e) =
         ctx.root.unstaged(|| ctx.root.append(LOG, log.as_bytes(), FileOpts::mode(0o600)))
     {
-        tracing::warn!("could not keep command output in {LOG}: {}", super::error_chain(&e));
+        tracing::warn!("could not keep command output in {LOG}: {}", crate::error::chain(&e));
     }
     if failures.is_empty() {
         Ok(Outcome::Ok(format!("ran {} command(s); output in {LOG}", cmds.len())))

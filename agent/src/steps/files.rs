@@ -108,80 +108,13 @@ impl<'de> Deserialize<'de> for Owner {
     }
 }
 
-/// A `write_files` encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// Plain text (`text/plain`, or no encoding).
-    Text,
-    /// Base64 (`b64`, `base64`).
-    Base64,
-    /// Gzip (`gz`, `gzip`): the YAML value holds the raw bytes.
-    Gzip,
-    /// Gzip then base64 (`gz+b64`, `gzip+base64`, `gz+base64`, `gzip+b64`).
-    GzipBase64,
-}
+use crate::encoding::CodecError;
+pub use crate::encoding::Encoding;
 
-impl FromStr for Encoding {
-    type Err = ValueError;
-    fn from_str(s: &str) -> Result<Self, ValueError> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "" | "text/plain" | "text" | "plain" => Encoding::Text,
-            "b64" | "base64" => Encoding::Base64,
-            "gz" | "gzip" => Encoding::Gzip,
-            "gz+b64" | "gzip+base64" | "gz+base64" | "gzip+b64" => Encoding::GzipBase64,
-            _ => {
-                return Err(ValueError {
-                    kind: "encoding",
-                    value: s.to_owned(),
-                    reason:
-                        "unknown (known: b64, base64, gz, gzip, gz+b64, gzip+base64, text/plain)"
-                            .into(),
-                })
-            }
-        })
-    }
-}
-
-/// Why content could not be decoded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// Not valid base64.
-    #[error("invalid base64")]
-    Base64(#[source] base64::DecodeError),
-    /// Not valid gzip.
-    #[error("invalid gzip data")]
-    Gzip(#[source] std::io::Error),
-    /// Decompresses to more than [`MAX_FILE_BYTES`].
-    #[error("decompresses to more than {MAX_FILE_BYTES} bytes")]
-    TooLarge,
-}
-
-impl Encoding {
-    /// Decodes `content` (whitespace in base64 is ignored, as cloud-init's decoder does).
-    pub fn decode(self, content: &str) -> Result<Vec<u8>, DecodeError> {
-        let b64 = |s: &str| {
-            let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            base64::engine::general_purpose::STANDARD.decode(clean).map_err(DecodeError::Base64)
-        };
-        match self {
-            Encoding::Text => Ok(content.as_bytes().to_vec()),
-            Encoding::Base64 => b64(content),
-            Encoding::Gzip => gunzip(content.as_bytes()),
-            Encoding::GzipBase64 => gunzip(&b64(content)?),
-        }
-    }
-}
-
-fn gunzip(data: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let mut r = flate2::read::MultiGzDecoder::new(data).take(MAX_FILE_BYTES + 1);
-    r.read_to_end(&mut out).map_err(DecodeError::Gzip)?;
-    if out.len() as u64 > MAX_FILE_BYTES {
-        return Err(DecodeError::TooLarge);
-    }
-    Ok(out)
+/// Decodes cloud-config `content` (whitespace in base64 is ignored, as cloud-init's decoder
+/// does); gzip inflates to at most [`MAX_FILE_BYTES`].
+pub fn decode(encoding: Encoding, content: &str) -> Result<Vec<u8>, CodecError> {
+    encoding.decode(content.as_bytes(), MAX_FILE_BYTES as usize)
 }
 
 pub(crate) fn write_files(ctx: &Ctx<'_>, deferred: bool) -> Result<Outcome, StepError> {
@@ -231,14 +164,14 @@ mod tests {
 
     #[test]
     fn encodings() {
-        assert_eq!(Encoding::from_str("B64").unwrap().decode("aGVs\nbG8=").unwrap(), b"hello");
+        assert_eq!(decode(Encoding::from_str("B64").unwrap(), "aGVs\nbG8=").unwrap(), b"hello");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(b"hi there").unwrap();
         let b = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
-        assert_eq!(Encoding::from_str("gzip+base64").unwrap().decode(&b).unwrap(), b"hi there");
+        assert_eq!(decode(Encoding::from_str("gzip+base64").unwrap(), &b).unwrap(), b"hi there");
         assert!(Encoding::from_str("rot13").unwrap_err().to_string().contains("unknown"));
-        assert!(matches!(Encoding::Base64.decode("!!!"), Err(DecodeError::Base64(_))));
-        assert!(matches!(Encoding::GzipBase64.decode("aGVsbG8="), Err(DecodeError::Gzip(_))));
+        assert!(matches!(decode(Encoding::Base64, "!!!"), Err(CodecError::Base64(_))));
+        assert!(matches!(decode(Encoding::GzipBase64, "aGVsbG8="), Err(CodecError::Gzip(_))));
     }
 
     #[test]
@@ -249,7 +182,7 @@ mod tests {
             gz.write_all(&zeros).unwrap();
         }
         let b = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
-        assert!(matches!(Encoding::GzipBase64.decode(&b), Err(DecodeError::TooLarge)));
+        assert!(matches!(decode(Encoding::GzipBase64, &b), Err(CodecError::Inflated { .. })));
     }
 
     #[test]

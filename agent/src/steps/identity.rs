@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Outcome, StepError};
-use crate::root::FileOpts;
+use crate::root::{FileOpts, Root};
 
 /// How `/etc/hosts` is managed (cloud-config `manage_etc_hosts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +197,121 @@ pub(crate) fn machine_id(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     Ok(Outcome::Ok(detail))
 }
 
+/// A host key ready to install: guest path of the private key, its bytes, the public line.
+type HostKey = (String, Vec<u8>, Vec<u8>);
+
+/// An `ssh-keygen` writing a temp key next to its final place.
+struct Keygen {
+    kind: HostKeyType,
+    tmp: PathBuf,
+    child: std::process::Child,
+}
+
+/// Removes ssh-keygen's temp files.
+fn remove_temp(tmp: &Path) {
+    let _ = std::fs::remove_file(tmp);
+    let _ = std::fs::remove_file(tmp.with_extension("pub"));
+}
+
+/// Starts one `ssh-keygen` per key type other than Ed25519, into temp names under `dir` (so a
+/// failing one leaves the old keys in place); all start before any is waited for.
+fn spawn_keygens(dir: &Path, types: &[HostKeyType]) -> Result<Vec<Keygen>, StepError> {
+    let mut running: Vec<Keygen> = Vec::new();
+    for t in types.iter().filter(|t| **t != HostKeyType::Ed25519) {
+        let tmp = dir.join(format!(".capstan-keygen-{}-{}", t.name(), std::process::id()));
+        remove_temp(&tmp);
+        let mut cmd = Proc::new("ssh-keygen");
+        cmd.args(["-q", "-t", t.name(), "-N", "", "-C", ""]);
+        if *t == HostKeyType::Rsa {
+            cmd.args(["-b", "3072"]);
+        }
+        cmd.arg("-f").arg(&tmp).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        match cmd.spawn() {
+            Ok(child) => running.push(Keygen { kind: *t, tmp, child }),
+            Err(e) => {
+                for mut k in running {
+                    let _ = k.child.kill();
+                    let _ = k.child.wait();
+                    remove_temp(&k.tmp);
+                }
+                return Err(StepError::wrap("run ssh-keygen (is openssh-client installed?)", e));
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// Waits for every `ssh-keygen` and reads what they wrote (as keys at their final guest
+/// paths); the temp files are gone afterwards, whatever happened.
+fn collect_keygens(
+    root: &Root,
+    dir: &Path,
+    running: Vec<Keygen>,
+) -> Result<Vec<HostKey>, StepError> {
+    let mut failed = None;
+    let mut made = Vec::new();
+    for k in running {
+        let dst = dir.join(format!("ssh_host_{}_key", k.kind.name()));
+        match k.child.wait_with_output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                failed.get_or_insert(format!(
+                    "ssh-keygen -t {} failed ({}): {}",
+                    k.kind.name(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Err(e) => {
+                failed.get_or_insert(format!("ssh-keygen -t {}: {e}", k.kind.name()));
+            }
+        }
+        made.push((k.tmp, dst));
+    }
+    let cleanup = || made.iter().for_each(|(tmp, _)| remove_temp(tmp));
+    if let Some(msg) = failed {
+        cleanup();
+        return Err(StepError::msg(msg));
+    }
+    let mut keys = Vec::new();
+    for (tmp, dst) in &made {
+        let read =
+            std::fs::read(tmp).and_then(|k| Ok((k, std::fs::read(tmp.with_extension("pub"))?)));
+        match read {
+            Ok((k, p)) => keys.push((root.guest_of(dst), k, p)),
+            Err(e) => {
+                cleanup();
+                return Err(StepError::wrap(format!("read the new {}", root.guest_of(dst)), e));
+            }
+        }
+    }
+    cleanup();
+    Ok(keys)
+}
+
+/// Removes every old host key (they are the template's, shared by all its clones) and writes
+/// `keys`; returns the private keys' paths.
+fn replace_host_keys(root: &Root, keys: &[HostKey]) -> Result<Vec<String>, StepError> {
+    for name in root.list("/etc/ssh").map_err(|e| StepError::wrap("list /etc/ssh", e))? {
+        let path = format!("/etc/ssh/{name}");
+        let stale = name.starts_with("ssh_host_")
+            && (name.ends_with("_key") || name.ends_with("_key.pub"))
+            && !keys.iter().any(|(k, _, _)| path == *k || path == format!("{k}.pub"));
+        if stale {
+            root.remove(&path).map_err(|e| StepError::wrap(format!("remove {path}"), e))?;
+        }
+    }
+    let mut names = Vec::new();
+    for (path, key, line) in keys {
+        root.write(path, key, FileOpts::mode(0o600))
+            .map_err(|e| StepError::wrap(format!("write {path}"), e))?;
+        root.write(format!("{path}.pub"), line, FileOpts::mode(0o644))
+            .map_err(|e| StepError::wrap(format!("write {path}.pub"), e))?;
+        names.push(path.clone());
+    }
+    Ok(names)
+}
+
 pub(crate) fn ssh_host_keys(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     let types = &ctx.plan.ssh_host_key_types;
     if types.is_empty() {
@@ -209,104 +325,24 @@ pub(crate) fn ssh_host_keys(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     if !dir.is_dir() {
         return Ok(Outcome::Skipped("no /etc/ssh (OpenSSH server not installed)".into()));
     }
-    // Generate into temp names first, so a failing ssh-keygen leaves the old keys in place.
-    let mut made = Vec::new();
-    let cleanup = |made: &[(std::path::PathBuf, std::path::PathBuf)]| {
-        for (tmp, _) in made {
-            let _ = std::fs::remove_file(tmp);
-            let _ = std::fs::remove_file(tmp.with_extension("pub"));
-        }
+    // Ed25519 in process, while ssh-keygen makes the others.
+    let ed25519 = if types.contains(&HostKeyType::Ed25519) {
+        Some(
+            super::sshkey::ed25519("")
+                .map_err(|e| StepError::wrap("generate the Ed25519 host key", e))?,
+        )
+    } else {
+        None
     };
-    // Ed25519 in process; one ssh-keygen per other type, all started before any is waited for.
-    let mut ed25519 = None;
-    let mut running = Vec::new();
-    for t in types {
-        if *t == HostKeyType::Ed25519 {
-            let pair = super::sshkey::ed25519("")
-                .map_err(|e| StepError::wrap("generate the Ed25519 host key", e))?;
-            ed25519 = Some(pair);
-            continue;
-        }
-        let tmp = dir.join(format!(".capstan-keygen-{}-{}", t.name(), std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(tmp.with_extension("pub"));
-        let mut cmd = Proc::new("ssh-keygen");
-        cmd.args(["-q", "-t", t.name(), "-N", "", "-C", ""]);
-        if *t == HostKeyType::Rsa {
-            cmd.args(["-b", "3072"]);
-        }
-        cmd.arg("-f").arg(&tmp).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        match cmd.spawn() {
-            Ok(child) => running.push((*t, tmp, child)),
-            Err(e) => {
-                for (_, tmp, mut c) in running {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    cleanup(&[(tmp, Default::default())]);
-                }
-                return Err(StepError::wrap("run ssh-keygen (is openssh-client installed?)", e));
-            }
-        }
-    }
-    let mut failed = None;
-    for (t, tmp, child) in running {
-        let dst = dir.join(format!("ssh_host_{}_key", t.name()));
-        match child.wait_with_output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                failed.get_or_insert(format!(
-                    "ssh-keygen -t {} failed ({}): {}",
-                    t.name(),
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Err(e) => {
-                failed.get_or_insert(format!("ssh-keygen -t {}: {e}", t.name()));
-            }
-        }
-        made.push((tmp, dst));
-    }
-    if let Some(msg) = failed {
-        cleanup(&made);
-        return Err(StepError::msg(msg));
-    }
+    let running = spawn_keygens(&dir, types)?;
     // The generated keys go through the root like every other write (staged: they land
     // together when the step succeeds); ssh-keygen's own files are only read.
-    let mut keys: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut keys: Vec<HostKey> = Vec::new();
     if let Some((key, line)) = ed25519 {
         keys.push(("/etc/ssh/ssh_host_ed25519_key".into(), key.into_bytes(), line.into_bytes()));
     }
-    for (tmp, dst) in &made {
-        let read =
-            std::fs::read(tmp).and_then(|k| Ok((k, std::fs::read(tmp.with_extension("pub"))?)));
-        match read {
-            Ok((k, p)) => keys.push((root.guest_of(dst), k, p)),
-            Err(e) => {
-                cleanup(&made);
-                return Err(StepError::wrap(format!("read the new {}", root.guest_of(dst)), e));
-            }
-        }
-    }
-    cleanup(&made);
-    // Old keys of every type go: they are the template's, shared by all its clones.
-    for name in root.list("/etc/ssh").map_err(|e| StepError::wrap("list /etc/ssh", e))? {
-        let path = format!("/etc/ssh/{name}");
-        let stale = name.starts_with("ssh_host_")
-            && (name.ends_with("_key") || name.ends_with("_key.pub"))
-            && !keys.iter().any(|(k, _, _)| path == *k || path == format!("{k}.pub"));
-        if stale {
-            root.remove(&path).map_err(|e| StepError::wrap(format!("remove {path}"), e))?;
-        }
-    }
-    let mut names = Vec::new();
-    for (path, key, line) in &keys {
-        root.write(path, key, FileOpts::mode(0o600))
-            .map_err(|e| StepError::wrap(format!("write {path}"), e))?;
-        root.write(format!("{path}.pub"), line, FileOpts::mode(0o644))
-            .map_err(|e| StepError::wrap(format!("write {path}.pub"), e))?;
-        names.push(path.clone());
-    }
+    keys.extend(collect_keygens(root, &dir, running)?);
+    let names = replace_host_keys(root, &keys)?;
     Ok(Outcome::Ok(format!("generated {}", names.join(", "))))
 }
 

@@ -16,6 +16,8 @@
 //! cloud-final: after the network is online and the container runtime has started, which is
 //! where Cluster API's kubeadm bootstrap puts `kubeadm join`).
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Instant;
@@ -88,55 +90,6 @@ pub struct Plan {
     /// Commands run once per instance, last (cloud-config `runcmd`).
     #[serde(default)]
     pub runcmd: Vec<Command>,
-}
-
-impl Plan {
-    /// The plan cloud-init's documents describe: identity and network from the metadata,
-    /// everything else from the cloud-config (`users` absent means the default user, as in
-    /// cloud-init; metadata `public-keys` and top-level `ssh_authorized_keys` go to the default
-    /// user). The caller then lays its own higher-precedence settings over it. Returns remarks
-    /// worth a warning.
-    pub fn from_cloud_init(
-        md: Option<&crate::cloudinit::Metadata>,
-        cc: Option<&crate::cloudinit::CloudConfig>,
-        default_user: &User,
-    ) -> (Plan, Vec<String>) {
-        let mut plan = Plan {
-            machine_id: true,
-            ssh_host_key_types: identity::default_host_key_types(),
-            ..Plan::default()
-        };
-        let mut notes = Vec::new();
-        if let Some(md) = md {
-            plan.instance_id = md.instance_id.clone();
-            plan.hostname = md.local_hostname.clone();
-            if let Some(n) = &md.network {
-                plan.network = n.clone();
-            }
-        }
-        if let Some(cc) = cc {
-            if cc.hostname.is_some() {
-                plan.hostname = cc.hostname.clone();
-            }
-            plan.fqdn = cc.fqdn.clone();
-            if let Some(m) = cc.manage_etc_hosts {
-                plan.manage_etc_hosts = m;
-            }
-            let mut du = default_user.clone();
-            if let Some(md) = md {
-                du.ssh_authorized_keys.extend(md.public_keys.iter().cloned());
-            }
-            let (users, note) = cc.resolved_users(&du);
-            plan.users = users;
-            notes.extend(note);
-            plan.groups = cc.groups.clone();
-            plan.ntp = cc.ntp.clone();
-            plan.files = cc.write_files.clone();
-            plan.bootcmd = cc.bootcmd.clone();
-            plan.runcmd = cc.runcmd.clone();
-        }
-        (plan, notes)
-    }
 }
 
 fn yes() -> bool {
@@ -231,8 +184,10 @@ pub struct StepRecord {
 
 /// What a step returns: done (with a detail) or skipped (with the reason).
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub enum Outcome {
+    /// Applied; what it did.
     Ok(String),
+    /// Not applied; why.
     Skipped(String),
 }
 
@@ -259,58 +214,167 @@ impl StepError {
     }
 }
 
-/// Renders an error with its causes, once each, `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// Everything a step gets.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ctx<'a> {
+pub struct Ctx<'a> {
+    /// Where the effects go.
     pub root: &'a Root,
+    /// What to make true.
     pub plan: &'a Plan,
+    /// Live, or confined to the root.
     pub mode: Mode,
+    /// What earlier runs did for this instance.
     pub state: &'a PerInstance,
+    /// The configured role's typed settings (`crate::roles::RoleSettings`), type-erased so
+    /// that `steps` stays below `roles`; a role's own step downcasts them.
+    pub role: Option<RoleData<'a>>,
+    /// Records a step adds besides its own (a role step's sub-steps, say
+    /// `kube-preflight/endpoint-tcp`), placed before the step's record, in order.
+    pub sub: &'a SubRecords,
 }
 
 impl Ctx<'_> {
+    /// True on the running system.
     pub fn live(&self) -> bool {
         self.mode == Mode::Live
     }
+    /// The role's settings as `T`, when they are.
+    pub fn role_settings<T: Any>(&self) -> Option<&T> {
+        self.role.and_then(|r| r.0.downcast_ref())
+    }
+    /// Adds a sub-record (see [`Ctx::sub`]).
+    pub fn record(&self, r: StepRecord) {
+        self.sub.0.borrow_mut().push(r);
+    }
 }
 
-/// The step names, in the order they run.
-pub const STEP_NAMES: &[&str] = &[
-    "hostname",
-    "machine-id",
-    "ssh-host-keys",
-    "network",
-    "network-live",
-    "dns",
-    "ntp",
-    "bootcmd",
-    "write-files",
-    "users",
-    "network-online",
-    "write-files-deferred",
-    "runcmd",
-];
+/// A role's settings as a step sees them ([`Ctx::role`]).
+#[derive(Clone, Copy)]
+pub struct RoleData<'a>(pub &'a (dyn Any + Send + Sync));
 
-/// The steps of the final stage (the rest of [`STEP_NAMES`] are the early stage's).
-pub const FINAL_STEPS: &[&str] = &["network-online", "write-files-deferred", "runcmd"];
+impl fmt::Debug for RoleData<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // may hold secrets: never printed
+        f.write_str("RoleData(..)")
+    }
+}
+
+/// The sub-records of one step ([`Ctx::sub`]).
+#[derive(Debug, Default)]
+pub struct SubRecords(RefCell<Vec<StepRecord>>);
+
+/// The identity of a step record: the steps the runner applies, in the order they run, and
+/// the records first boot adds around them (`sources`, `role`, `heartbeat`, `sync`). The one
+/// list of step names: `status`, the state files, the plan's issues and the runner all use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepId {
+    /// The kernel hostname, `/etc/hostname`, `/etc/hosts`.
+    Hostname,
+    /// A fresh `/etc/machine-id`, once per instance.
+    MachineId,
+    /// New SSH host keys, once per instance.
+    SshHostKeys,
+    /// systemd-networkd files.
+    Network,
+    /// Links and addresses over netlink (live only).
+    NetworkLive,
+    /// systemd-resolved.
+    Dns,
+    /// systemd-timesyncd.
+    Ntp,
+    /// cloud-config `bootcmd`.
+    Bootcmd,
+    /// cloud-config `write_files` (not deferred).
+    WriteFiles,
+    /// Users, groups, authorized keys.
+    Users,
+    /// A bounded wait for a routable address.
+    NetworkOnline,
+    /// Deferred `write_files`.
+    WriteFilesDeferred,
+    /// cloud-config `runcmd` and `commands.runcmd`.
+    Runcmd,
+    /// The record of reading the sources (first in `status`).
+    Sources,
+    /// The role's record (its settings refused or incomplete).
+    Role,
+    /// Heartbeat settings refused.
+    Heartbeat,
+    /// The record the runner adds when applying the run's files failed ([`run_steps`]).
+    Sync,
+    /// A clone: the kernel's RNG reseeded, where its vmgenid driver did not (first).
+    RngReseed,
+    /// A clone: the host name told to systemd-hostnamed.
+    Hostnamed,
+    /// A clone: sshd reloaded with the new host keys.
+    SshdReload,
+    /// A clone: systemd-networkd told to read the new files and reconfigure the links.
+    NetworkdReload,
+    /// A clone: the role kept serving or restarted.
+    RoleRefresh,
+    /// A clone: a heartbeat sent with the new identity.
+    HeartbeatIdentity,
+    /// The Kubernetes preflight before the user-data's `kubeadm init|join` (Cluster API's
+    /// kubeadm bootstrap), placed before `runcmd`, which it gates.
+    KubePreflight,
+    /// The vApp path of the Kubernetes roles: preflight, kubeadm configuration, `kubeadm
+    /// init|join`, the sentinel (after `runcmd`).
+    Kubeadm,
+}
+
+impl StepId {
+    /// The name in `status` and the state files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepId::Hostname => "hostname",
+            StepId::MachineId => "machine-id",
+            StepId::SshHostKeys => "ssh-host-keys",
+            StepId::Network => "network",
+            StepId::NetworkLive => "network-live",
+            StepId::Dns => "dns",
+            StepId::Ntp => "ntp",
+            StepId::Bootcmd => "bootcmd",
+            StepId::WriteFiles => "write-files",
+            StepId::Users => "users",
+            StepId::NetworkOnline => "network-online",
+            StepId::WriteFilesDeferred => "write-files-deferred",
+            StepId::Runcmd => "runcmd",
+            StepId::Sources => "sources",
+            StepId::Role => "role",
+            StepId::Heartbeat => "heartbeat",
+            StepId::Sync => "sync",
+            StepId::RngReseed => "rng-reseed",
+            StepId::Hostnamed => "hostnamed",
+            StepId::SshdReload => "sshd-reload",
+            StepId::NetworkdReload => "networkd-reload",
+            StepId::RoleRefresh => "role-refresh",
+            StepId::HeartbeatIdentity => "heartbeat-identity",
+            StepId::KubePreflight => "kube-preflight",
+            StepId::Kubeadm => "kubeadm",
+        }
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<StepId> for String {
+    fn eq(&self, other: &StepId) -> bool {
+        self == other.as_str()
+    }
+}
+
+/// The record [`run_steps`] adds when applying the run's files fails (the sync before the
+/// renames, or a rename). Then the steps' files may be missing, so no step of the run may be
+/// recorded as done for the instance.
+pub const SYNC_STEP: StepId = StepId::Sync;
 
 /// Which steps a run applies, after cloud-init's stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Identity, network files and addresses, DNS, NTP, `bootcmd`, `write_files`, users:
@@ -325,11 +389,11 @@ pub enum Stage {
 
 impl Stage {
     /// True when `step` belongs to this stage.
-    pub fn includes(self, step: &str) -> bool {
+    pub fn includes(self, step: &Step) -> bool {
         match self {
             Stage::All => true,
-            Stage::Final => FINAL_STEPS.contains(&step),
-            Stage::Early => !FINAL_STEPS.contains(&step),
+            Stage::Final => step.stage == Stage::Final,
+            Stage::Early => step.stage != Stage::Final,
         }
     }
     /// `early`, `final` or `all`.
@@ -342,13 +406,134 @@ impl Stage {
     }
 }
 
-/// Applies the plan: every step in order, each timed and recorded ([`Stage::All`]).
-pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<StepRecord> {
-    run_stage(root, plan, mode, state, Stage::All)
+/// What a step does before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Nothing: its files are staged with the others.
+    No,
+    /// Applies the earlier steps' staged files first when live (it starts processes that read
+    /// them, as networkd does).
+    WhenLive,
+    /// Applies them first when commands run (the commands read them).
+    WhenCommandsRun,
 }
 
-/// Applies the steps of one stage in order, each timed and recorded. A failed step does not
-/// stop the rest (a node with a broken NTP setting should still get its network).
+/// The function of a step.
+pub type StepFn = fn(&Ctx<'_>) -> Result<Outcome, StepError>;
+
+/// One step the runner applies: its id, stage, what it needs flushed, and its function.
+/// [`builtin`] lists first boot's; a role appends its own ([`crate::roles::Role::steps`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Its record's name.
+    pub id: StepId,
+    /// [`Stage::Early`] or [`Stage::Final`].
+    pub stage: Stage,
+    /// Whether earlier steps' files must be applied before it runs.
+    pub flush: Flush,
+    /// Runs only when the machine boots, not when the daemon re-runs first boot for a new
+    /// instance-id on a running machine (an instant clone): `bootcmd`, cloud-init's per-boot
+    /// commands. Every other step makes the node the new instance.
+    pub boot_only: bool,
+    /// What it does.
+    pub run: StepFn,
+    /// Where [`place`] puts it: right before this step (of the same stage), or last.
+    pub before: Option<StepId>,
+    /// When it fails, the step it is placed before is not run (recorded as skipped, naming
+    /// this one): a check that must pass before commands run.
+    pub gate: bool,
+}
+
+impl Step {
+    /// A step of the early stage.
+    pub const fn early(id: StepId, run: StepFn) -> Step {
+        Step {
+            id,
+            stage: Stage::Early,
+            flush: Flush::No,
+            boot_only: false,
+            run,
+            before: None,
+            gate: false,
+        }
+    }
+    /// A step of the final stage.
+    pub const fn late(id: StepId, run: StepFn) -> Step {
+        Step { stage: Stage::Final, ..Step::early(id, run) }
+    }
+    /// The same step with earlier steps' files applied first ([`Flush`]).
+    pub const fn flushing(self, flush: Flush) -> Step {
+        Step { flush, ..self }
+    }
+    const fn at_boot_only(self) -> Step {
+        Step { boot_only: true, ..self }
+    }
+    /// The same step, placed right before `id` and skipping it when it fails.
+    pub const fn gating(self, id: StepId) -> Step {
+        Step { before: Some(id), gate: true, ..self }
+    }
+    fn needs_flush(&self, mode: Mode) -> bool {
+        match self.flush {
+            Flush::No => false,
+            Flush::WhenLive => mode == Mode::Live,
+            Flush::WhenCommandsRun => {
+                matches!(mode, Mode::Live | Mode::Rooted { run_commands: true })
+            }
+        }
+    }
+}
+
+/// First boot's steps, in the order they run.
+pub const BUILTIN: &[Step] = &[
+    Step::early(StepId::Hostname, identity::hostname),
+    Step::early(StepId::MachineId, identity::machine_id),
+    Step::early(StepId::SshHostKeys, identity::ssh_host_keys),
+    Step::early(StepId::Network, network_files),
+    Step::early(StepId::NetworkLive, netlink::step).flushing(Flush::WhenLive),
+    Step::early(StepId::Dns, timedns::dns),
+    Step::early(StepId::Ntp, timedns::ntp),
+    Step::early(StepId::Bootcmd, commands::bootcmd).flushing(Flush::WhenCommandsRun).at_boot_only(),
+    Step::early(StepId::WriteFiles, write_files_now),
+    Step::early(StepId::Users, users::step),
+    Step::late(StepId::NetworkOnline, online::step),
+    Step::late(StepId::WriteFilesDeferred, write_files_deferred),
+    Step::late(StepId::Runcmd, commands::runcmd).flushing(Flush::WhenCommandsRun),
+];
+
+fn write_files_now(c: &Ctx<'_>) -> Result<Outcome, StepError> {
+    files::write_files(c, false)
+}
+
+fn write_files_deferred(c: &Ctx<'_>) -> Result<Outcome, StepError> {
+    files::write_files(c, true)
+}
+
+/// `base` with each of `extra` placed ([`Step::before`]): right before its step, or last when
+/// it names none (or one not in `base`). A step already in `base` is not added twice.
+pub fn place(mut base: Vec<Step>, extra: &[Step]) -> Vec<Step> {
+    for s in extra {
+        if base.iter().any(|b| b.id == s.id) {
+            continue;
+        }
+        match s.before.and_then(|id| base.iter().position(|b| b.id == id)) {
+            Some(at) => base.insert(at, *s),
+            None => base.push(*s),
+        }
+    }
+    base
+}
+
+/// The steps of the final stage among `steps`, in order.
+pub fn final_steps(steps: &[Step]) -> impl Iterator<Item = StepId> + '_ {
+    steps.iter().filter(|s| s.stage == Stage::Final).map(|s| s.id)
+}
+
+/// Applies the plan: every built-in step in order, each timed and recorded ([`Stage::All`]).
+pub fn run(root: &Root, plan: &Plan, mode: Mode, state: &PerInstance) -> Vec<StepRecord> {
+    run_steps(root, plan, mode, state, Stage::All, BUILTIN)
+}
+
+/// The built-in steps of one stage ([`run_steps`] over [`BUILTIN`]).
 pub fn run_stage(
     root: &Root,
     plan: &Plan,
@@ -356,83 +541,59 @@ pub fn run_stage(
     state: &PerInstance,
     stage: Stage,
 ) -> Vec<StepRecord> {
-    let ctx = Ctx { root, plan, mode, state };
-    type StepFn = fn(&Ctx<'_>) -> Result<Outcome, StepError>;
-    let all: [(&str, StepFn); 13] = [
-        ("hostname", identity::hostname),
-        ("machine-id", identity::machine_id),
-        ("ssh-host-keys", identity::ssh_host_keys),
-        ("network", network_files),
-        ("network-live", netlink::step),
-        ("dns", timedns::dns),
-        ("ntp", timedns::ntp),
-        ("bootcmd", commands::bootcmd),
-        ("write-files", |c| files::write_files(c, false)),
-        ("users", users::step),
-        ("network-online", online::step),
-        ("write-files-deferred", |c| files::write_files(c, true)),
-        ("runcmd", commands::runcmd),
-    ];
-    let steps: Vec<(&str, StepFn)> = all.into_iter().filter(|(n, _)| stage.includes(n)).collect();
+    run_steps(root, plan, mode, state, stage, BUILTIN)
+}
+
+/// Applies the steps of `steps` that belong to `stage`, in order, each timed and recorded. A
+/// failed step does not stop the rest (a node with a broken NTP setting should still get its
+/// network).
+pub fn run_steps(
+    root: &Root,
+    plan: &Plan,
+    mode: Mode,
+    state: &PerInstance,
+    stage: Stage,
+    steps: &[Step],
+) -> Vec<StepRecord> {
+    run_steps_with(root, plan, mode, state, stage, steps, None)
+}
+
+/// [`run_steps`] with the configured role's settings for its steps ([`Ctx::role`]).
+pub fn run_steps_with(
+    root: &Root,
+    plan: &Plan,
+    mode: Mode,
+    state: &PerInstance,
+    stage: Stage,
+    steps: &[Step],
+    role: Option<RoleData<'_>>,
+) -> Vec<StepRecord> {
+    let sub = SubRecords::default();
+    let ctx = Ctx { root, plan, mode, state, role, sub: &sub };
     let mut out = Vec::with_capacity(steps.len() + 1);
     // The whole run's file changes are staged and applied together after the last step, so
     // that the files a run replaces cost one sync before their renames, not one per step.
     // Each step is an inner level: a failed step's changes are discarded, the others kept.
     let run_staging = root.stage();
-    let commands_run = matches!(mode, Mode::Live | Mode::Rooted { run_commands: true });
-    for (name, f) in steps {
-        let span = tracing::info_span!("step", name);
-        let _g = span.enter();
-        let t = Instant::now();
-        // A step that starts other processes that read the files (networkd, the commands)
-        // gets the earlier steps' files applied first.
-        let flush = match name {
-            "network-live" => mode == Mode::Live,
-            "bootcmd" | "runcmd" => commands_run,
-            _ => false,
-        };
-        let flushed = if flush { root.flush_staged().map(|_| ()) } else { Ok(()) };
-        let staging = root.stage();
-        let result = match flushed {
-            Ok(()) => f(&ctx).and_then(|outcome| {
-                staging.commit().map(|_| outcome).map_err(|e| StepError::wrap("stage", e))
-            }),
-            Err(e) => Err(StepError::wrap("apply the earlier steps' files first", e)),
-        };
-        let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let rec = match result {
-            Ok(Outcome::Ok(detail)) => {
-                tracing::info!(duration_ms, "{detail}");
-                StepRecord {
-                    name: name.into(),
-                    status: StepStatus::Ok,
-                    detail,
-                    error: None,
-                    duration_ms,
-                }
-            }
-            Ok(Outcome::Skipped(detail)) => {
-                tracing::info!(duration_ms, "skipped: {detail}");
-                StepRecord {
-                    name: name.into(),
-                    status: StepStatus::Skipped,
-                    detail,
-                    error: None,
-                    duration_ms,
-                }
-            }
-            Err(e) => {
-                let error = error_chain(&e);
-                tracing::error!(duration_ms, "failed: {error}");
-                StepRecord {
-                    name: name.into(),
-                    status: StepStatus::Failed,
-                    detail: String::new(),
-                    error: Some(error),
-                    duration_ms,
-                }
-            }
-        };
+    // a failed gate ([`Step::gate`]) and the step it keeps from running
+    let mut gated: Option<(StepId, StepId)> = None;
+    for step in steps.iter().filter(|s| stage.includes(s)) {
+        if let Some((gate, _)) = gated.filter(|(_, blocked)| *blocked == step.id) {
+            tracing::warn!(step = step.id.as_str(), "not run: {gate} failed");
+            out.push(StepRecord {
+                name: step.id.as_str().into(),
+                status: StepStatus::Skipped,
+                detail: format!("not run: {gate} failed"),
+                error: None,
+                duration_ms: 0,
+            });
+            continue;
+        }
+        let rec = run_one(&ctx, step);
+        if let (true, Some(blocked), StepStatus::Failed) = (step.gate, step.before, rec.status) {
+            gated = Some((step.id, blocked));
+        }
+        out.append(&mut sub.0.take());
         out.push(rec);
     }
     // Apply the run's changes (one sync first if they replace files). The caller's record of
@@ -444,10 +605,10 @@ pub fn run_stage(
     match synced {
         Ok(()) => tracing::debug!(duration_ms, "first-boot writes applied"),
         Err(e) => {
-            let error = error_chain(&e);
+            let error = crate::error::chain(&e);
             tracing::error!("applying the first-boot writes: {error}");
             out.push(StepRecord {
-                name: SYNC_STEP.into(),
+                name: SYNC_STEP.as_str().into(),
                 status: StepStatus::Failed,
                 detail: "the steps' files may be missing or not durable; they run again".into(),
                 error: Some(error),
@@ -458,10 +619,41 @@ pub fn run_stage(
     out
 }
 
-/// The record [`run`] adds when applying the run's files fails (the sync before the renames,
-/// or a rename). Then the steps' files may be missing, so no step of the run may be recorded
-/// as done for the instance.
-pub const SYNC_STEP: &str = "sync";
+/// One step, in its span, staged as an inner level, timed and recorded.
+fn run_one(ctx: &Ctx<'_>, step: &Step) -> StepRecord {
+    let name = step.id.as_str();
+    let span = tracing::info_span!("step", name);
+    let _g = span.enter();
+    let t = Instant::now();
+    let root = ctx.root;
+    // A step that starts other processes that read the files (networkd, the commands) gets
+    // the earlier steps' files applied first.
+    let flushed = if step.needs_flush(ctx.mode) { root.flush_staged().map(|_| ()) } else { Ok(()) };
+    let staging = root.stage();
+    let result = match flushed {
+        Ok(()) => (step.run)(ctx).and_then(|outcome| {
+            staging.commit().map(|_| outcome).map_err(|e| StepError::wrap("stage", e))
+        }),
+        Err(e) => Err(StepError::wrap("apply the earlier steps' files first", e)),
+    };
+    let duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (status, detail, error) = match result {
+        Ok(Outcome::Ok(detail)) => {
+            tracing::info!(duration_ms, "{detail}");
+            (StepStatus::Ok, detail, None)
+        }
+        Ok(Outcome::Skipped(detail)) => {
+            tracing::info!(duration_ms, "skipped: {detail}");
+            (StepStatus::Skipped, detail, None)
+        }
+        Err(e) => {
+            let error = crate::error::chain(&e);
+            tracing::error!(duration_ms, "failed: {error}");
+            (StepStatus::Failed, String::new(), Some(error))
+        }
+    };
+    StepRecord { name: name.into(), status, detail, error, duration_ms }
+}
 
 /// The `network` step: validate all, render all, then write all; remove our stale files.
 fn network_files(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {

@@ -69,7 +69,7 @@ fn link_of(m: &LinkMessage) -> Link {
     l
 }
 
-async fn links(h: &Handle) -> Result<Vec<Link>, NetlinkError> {
+pub(crate) async fn links(h: &Handle) -> Result<Vec<Link>, NetlinkError> {
     let h = h.clone();
     let msgs: Vec<LinkMessage> =
         h.link().get().execute().try_collect().await.map_err(nl("list links"))?;
@@ -117,6 +117,17 @@ pub struct ApplyReport {
     pub lines: Vec<String>,
     /// NICs of the config that no link matched.
     pub missing: Vec<String>,
+    /// The interface index of each NIC that a link matched, in the config's order.
+    pub indices: Vec<u32>,
+}
+
+/// Whether a NIC whose MAC no link has may take over a link (see [`apply_adopting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adopt {
+    /// Only the link with the NIC's MAC (first boot).
+    No,
+    /// Also the link that bears the NIC's name, which then gets the NIC's MAC (a clone).
+    ByName,
 }
 
 fn find<'a>(links: &'a [Link], nic: &Nic) -> Option<&'a Link> {
@@ -127,51 +138,112 @@ fn find<'a>(links: &'a [Link], nic: &Nic) -> Option<&'a Link> {
     }
 }
 
-async fn apply_nic(h: &Handle, nic: &Nic, all: &[Link]) -> Result<Option<String>, NetlinkError> {
-    let Some(link) = find(all, nic) else { return Ok(None) };
-    let idx = link.index;
+/// The link a clone's NIC takes over when no link has its MAC: the one named as the NIC
+/// will be (its `set-name`, else its `match.name`), if it has a MAC of its own.
+fn find_adoptable<'a>(links: &'a [Link], nic: &Nic) -> Option<&'a Link> {
+    let name = nic.final_name()?;
+    nic.mac?;
+    links.iter().find(|l| l.name == name.as_str() && l.mac.is_some())
+}
+
+/// Gives the link the NIC's MAC: live where the driver allows it (virtio-net, veth), else
+/// with the link down for the change (the kernel refuses a running change with EBUSY).
+async fn set_mac(
+    h: &Handle,
+    nic: &Nic,
+    link: &Link,
+    did: &mut Vec<String>,
+) -> Result<(), NetlinkError> {
+    let Some(mac) = nic.mac else { return Ok(()) };
+    let what = format!("{}: set the MAC of {} to {mac}", nic.id, link.name);
+    let live = h.link().set(link.index).address(mac.0.to_vec()).execute().await;
+    match live {
+        Ok(()) => {}
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_ebusy() => {
+            h.link().set(link.index).down().execute().await.map_err(nl(what.clone()))?;
+            h.link().set(link.index).address(mac.0.to_vec()).execute().await.map_err(nl(what))?;
+        }
+        Err(e) => return Err(nl(what)(e)),
+    }
+    let old = link.mac.map(|m| m.to_string()).unwrap_or_default();
+    did.push(format!("MAC {old} -> {mac}"));
+    Ok(())
+}
+
+/// `EBUSY`, as netlink reports it.
+fn libc_ebusy() -> i32 {
+    nix::errno::Errno::EBUSY as i32
+}
+
+/// Renames the link to the NIC's `set-name` (down first: the kernel renames only links that
+/// are down) and sets its MTU, when they differ.
+async fn converge_link(
+    h: &Handle,
+    nic: &Nic,
+    link: &Link,
+    all: &[Link],
+    did: &mut Vec<String>,
+) -> Result<(), NetlinkError> {
+    let (idx, id) = (link.index, &nic.id);
+    if let Some(want) = nic.set_name.as_ref().filter(|w| link.name != w.as_str()) {
+        if all.iter().any(|l| l.name == want.as_str() && l.index != idx) {
+            return Err(NetlinkError {
+                what: format!("{id}: rename {} to {want}", link.name),
+                source: format!("another link is already called {want}").into(),
+            });
+        }
+        h.link()
+            .set(idx)
+            .down()
+            .execute()
+            .await
+            .map_err(nl(format!("{id}: set {} down", link.name)))?;
+        h.link()
+            .set(idx)
+            .name(want.to_string())
+            .execute()
+            .await
+            .map_err(nl(format!("{id}: rename {} to {want}", link.name)))?;
+        did.push(format!("renamed {} to {want}", link.name));
+    }
+    if let Some(mtu) = nic.mtu.filter(|m| link.mtu != Some(*m)) {
+        h.link().set(idx).mtu(mtu).execute().await.map_err(nl(format!("{id}: set MTU {mtu}")))?;
+        did.push(format!("mtu {mtu}"));
+    }
+    Ok(())
+}
+
+/// Drops the addresses the config does not list, for the families that are static (DHCP and
+/// link-local addresses stay), then adds the NIC's addresses that are missing. Removals go
+/// first and the addresses are read again between: without `promote_secondaries` the kernel
+/// deletes every secondary address of a subnet with its primary, so a new address added
+/// beside a stale one of the same subnet (a clone's beside its parent's) would go with it.
+async fn converge_addresses(
+    h: &Handle,
+    nic: &Nic,
+    idx: u32,
+    did: &mut Vec<String>,
+) -> Result<(), NetlinkError> {
     let id = &nic.id;
-    let mut did = Vec::new();
-    if let Some(want) = &nic.set_name {
-        if link.name != want.as_str() {
-            if all.iter().any(|l| l.name == want.as_str() && l.index != idx) {
-                return Err(NetlinkError {
-                    what: format!("{id}: rename {} to {want}", link.name),
-                    source: format!("another link is already called {want}").into(),
-                });
-            }
-            // the kernel renames only links that are down
-            h.link()
-                .set(idx)
-                .down()
-                .execute()
-                .await
-                .map_err(nl(format!("{id}: set {} down", link.name)))?;
-            h.link()
-                .set(idx)
-                .name(want.to_string())
-                .execute()
-                .await
-                .map_err(nl(format!("{id}: rename {} to {want}", link.name)))?;
-            did.push(format!("renamed {} to {want}", link.name));
-        }
-    }
-    if let Some(mtu) = nic.mtu {
-        if link.mtu != Some(mtu) {
-            h.link()
-                .set(idx)
-                .mtu(mtu)
-                .execute()
-                .await
-                .map_err(nl(format!("{id}: set MTU {mtu}")))?;
-            did.push(format!("mtu {mtu}"));
-        }
-    }
-    h.link().set(idx).up().execute().await.map_err(nl(format!("{id}: set up")))?;
-    // addresses: add what is missing; drop what the config does not list, for the families
-    // that are static (DHCP and link-local addresses stay)
-    let have = addresses(h, idx).await?;
     let want: BTreeSet<IpCidr> = nic.addresses.iter().copied().collect();
+    for (c, msg) in addresses(h, idx).await? {
+        let dynamic = if c.is_ipv4() { nic.dhcp4 } else { nic.dhcp6 };
+        let link_local = match c.addr() {
+            IpAddr::V4(a) => a.is_link_local(),
+            IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if !want.contains(&c) && !dynamic && !link_local {
+            match h.address().del(msg).execute().await {
+                Ok(()) => {}
+                // gone already: a secondary deleted with its primary
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -(nix::errno::Errno::EADDRNOTAVAIL as i32) => {}
+                Err(e) => return Err(nl(format!("{id}: remove address {c}"))(e)),
+            }
+            did.push(format!("-{c}"));
+        }
+    }
+    let have = addresses(h, idx).await?;
     for a in &nic.addresses {
         if !have.iter().any(|(c, _)| c == a) {
             h.address()
@@ -183,22 +255,18 @@ async fn apply_nic(h: &Handle, nic: &Nic, all: &[Link]) -> Result<Option<String>
             did.push(format!("+{a}"));
         }
     }
-    for (c, msg) in have {
-        let dynamic = if c.is_ipv4() { nic.dhcp4 } else { nic.dhcp6 };
-        let link_local = match c.addr() {
-            IpAddr::V4(a) => a.is_link_local(),
-            IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
-        };
-        if !want.contains(&c) && !dynamic && !link_local {
-            h.address()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(nl(format!("{id}: remove address {c}")))?;
-            did.push(format!("-{c}"));
-        }
-    }
-    // routes: replace is idempotent
+    Ok(())
+}
+
+/// Sets the NIC's default routes (via `gateway4`/`gateway6`) and its routes; replace is
+/// idempotent.
+async fn converge_routes(
+    h: &Handle,
+    nic: &Nic,
+    idx: u32,
+    did: &mut Vec<String>,
+) -> Result<(), NetlinkError> {
+    let id = &nic.id;
     let mut routes: Vec<(IpCidr, Option<IpAddr>, Option<u32>)> = Vec::new();
     // default routes: 0.0.0.0/0 via gateway4, ::/0 via gateway6
     let defaults = [
@@ -238,49 +306,117 @@ async fn apply_nic(h: &Handle, nic: &Nic, all: &[Link]) -> Result<Option<String>
         }
         did.push(format!("route {net}"));
     }
-    Ok(Some(format!(
-        "{id} ({}): {}",
-        nic.final_name().map(|n| n.to_string()).unwrap_or_else(|| link.name.clone()),
-        if did.is_empty() { "unchanged".into() } else { did.join(", ") }
+    Ok(())
+}
+
+async fn apply_nic(
+    h: &Handle,
+    nic: &Nic,
+    all: &[Link],
+    adopt: Adopt,
+) -> Result<Option<(u32, String)>, NetlinkError> {
+    let mut did = Vec::new();
+    let link = match (find(all, nic), adopt) {
+        (Some(l), _) => l,
+        (None, Adopt::ByName) => match find_adoptable(all, nic) {
+            Some(l) => {
+                set_mac(h, nic, l, &mut did).await?;
+                l
+            }
+            None => return Ok(None),
+        },
+        (None, Adopt::No) => return Ok(None),
+    };
+    let idx = link.index;
+    converge_link(h, nic, link, all, &mut did).await?;
+    h.link().set(idx).up().execute().await.map_err(nl(format!("{}: set up", nic.id)))?;
+    converge_addresses(h, nic, idx, &mut did).await?;
+    converge_routes(h, nic, idx, &mut did).await?;
+    Ok(Some((
+        idx,
+        format!(
+            "{} ({}): {}",
+            nic.id,
+            nic.final_name().map(|n| n.to_string()).unwrap_or_else(|| link.name.clone()),
+            if did.is_empty() { "unchanged".into() } else { did.join(", ") }
+        ),
     )))
 }
 
 /// Runs `f` with a netlink handle, on a single-threaded runtime of its own, so it can be called
-/// from a thread that joined another namespace with `setns` (how the tests drive it).
-fn with_netlink<T, F>(f: impl FnOnce(Handle) -> F) -> Result<T, NetlinkError>
+/// from a thread that joined another namespace with `setns` (how the tests drive it). On a
+/// thread that already drives a runtime (which may not block), a helper thread runs it; it
+/// inherits this thread's network namespace.
+pub(crate) fn with_netlink<T: Send, F>(
+    f: impl FnOnce(Handle) -> F + Send,
+) -> Result<T, NetlinkError>
 where
     F: std::future::Future<Output = Result<T, NetlinkError>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| NetlinkError { what: "start netlink runtime".into(), source: Box::new(e) })?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
-            what: "open netlink socket".into(),
-            source: Box::new(e),
-        })?;
-        let task = tokio::spawn(conn);
-        let r = f(handle).await;
-        task.abort();
-        r
-    })
+    let run = move || {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                NetlinkError { what: "start netlink runtime".into(), source: Box::new(e) }
+            })?;
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+                what: "open netlink socket".into(),
+                source: Box::new(e),
+            })?;
+            let task = tokio::spawn(conn);
+            let r = f(handle).await;
+            task.abort();
+            r
+        })
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(run).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    } else {
+        run()
+    }
 }
 
 /// Applies a validated config to the links of the current network namespace (see
 /// [`with_netlink`] for calling it from another namespace).
 pub fn apply(cfg: &NetworkConfig) -> Result<ApplyReport, NetlinkError> {
+    apply_with(cfg, Adopt::No)
+}
+
+/// [`apply`] for a clone re-identified on a running machine: a NIC whose MAC no link has
+/// takes over the link that bears its name (its `set-name`, else `match.name`), which gets
+/// the NIC's MAC first. A hypervisor that forks a running VM cannot always change a NIC's
+/// MAC under the guest (QEMU restoring saved state keeps the device's); the new instance's
+/// metadata names its MAC, and the link the parent renamed to that name is the one.
+pub fn apply_adopting(cfg: &NetworkConfig) -> Result<ApplyReport, NetlinkError> {
+    apply_with(cfg, Adopt::ByName)
+}
+
+fn apply_with(cfg: &NetworkConfig, adopt: Adopt) -> Result<ApplyReport, NetlinkError> {
     with_netlink(|handle| async move {
         let mut report = ApplyReport::default();
         for nic in &cfg.nics {
             // re-read links: an earlier rename changes names
             let all = links(&handle).await?;
-            match apply_nic(&handle, nic, &all).await? {
-                Some(line) => report.lines.push(line),
+            match apply_nic(&handle, nic, &all, adopt).await? {
+                Some((idx, line)) => {
+                    report.indices.push(idx);
+                    report.lines.push(line);
+                }
                 None => report.missing.push(nic.id.clone()),
             }
         }
         Ok(report)
+    })
+}
+
+/// The addresses of the link called `name` in the current network namespace (the local address
+/// on point-to-point links), or `None` when no link has that name.
+pub fn link_addresses(name: &str) -> Result<Option<Vec<IpCidr>>, NetlinkError> {
+    with_netlink(|handle| async move {
+        let all = links(&handle).await?;
+        let Some(link) = all.iter().find(|l| l.name == name) else { return Ok(None) };
+        let have = addresses(&handle, link.index).await?;
+        Ok(Some(have.into_iter().map(|(c, _)| c).collect()))
     })
 }
 
@@ -306,10 +442,26 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
             report.missing.join(", ")
         ));
     }
-    // networkd may not run yet (first boot is ordered before it); a reload then is moot
-    match std::process::Command::new("networkctl").arg("reload").output() {
-        Ok(o) if o.status.success() => detail.push_str("; networkctl reload"),
-        Ok(_) | Err(_) => detail.push_str("; networkd not running, not reloaded"),
-    }
+    detail.push_str("; ");
+    detail.push_str(&reload_networkd());
     Ok(Outcome::Ok(detail))
+}
+
+/// systemd-networkd's unit.
+pub const NETWORKD_UNIT: &str = "systemd-networkd.service";
+
+/// Tells a running networkd to read its files again, over D-Bus; says what happened. Not when
+/// networkd is not running: first boot's early stage is ordered before it, and calling its
+/// bus name would activate it (and wait for this very unit). A failed reload is reported, not
+/// fatal: networkd applies the files when it starts.
+pub fn reload_networkd() -> String {
+    if !crate::systemd::unit_running(NETWORKD_UNIT) {
+        return "networkd not running, not reloaded".into();
+    }
+    match crate::systemd::block_on(|| async {
+        crate::systemd::SystemBus::connect().await?.networkd_reload().await
+    }) {
+        Ok(()) => "networkd reloaded".into(),
+        Err(e) => format!("networkd reload failed: {}", crate::error::chain(&e)),
+    }
 }

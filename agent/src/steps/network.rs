@@ -131,6 +131,68 @@ impl NetworkError {
 /// Smallest and largest MTU we accept (IPv4's minimum, the largest jumbo frame).
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
 
+/// The rules within one NIC: unicast, distinct addresses; usable gateways; routes via an
+/// address of their family; an MTU in range (and IPv6's minimum when IPv6 is on). `key` makes
+/// the key path of a field.
+fn check_fields(nic: &Nic, key: impl Fn(&str) -> String) -> Result<(), NetworkError> {
+    let mut seen = BTreeSet::new();
+    for (i, a) in nic.addresses.iter().enumerate() {
+        if !seen.insert(a) {
+            return Err(NetworkError::new(
+                key(&format!("addresses[{i}]")),
+                format!("duplicate address {a}"),
+            ));
+        }
+        if a.addr().is_unspecified() || a.addr().is_multicast() {
+            return Err(NetworkError::new(
+                key(&format!("addresses[{i}]")),
+                format!("{a} is not a unicast address"),
+            ));
+        }
+    }
+    if let Some(gw) = nic.gateway4 {
+        if gw.is_unspecified() || gw.is_broadcast() || gw.is_multicast() {
+            return Err(NetworkError::new(
+                key("gateway4"),
+                format!("{gw} is not a usable gateway"),
+            ));
+        }
+    }
+    if let Some(gw) = nic.gateway6 {
+        if gw.is_unspecified() || gw.is_multicast() {
+            return Err(NetworkError::new(
+                key("gateway6"),
+                format!("{gw} is not a usable gateway"),
+            ));
+        }
+    }
+    for (i, r) in nic.routes.iter().enumerate() {
+        if let Some(via) = r.via {
+            if via.is_ipv4() != r.to.is_ipv4() {
+                return Err(NetworkError::new(
+                    key(&format!("routes[{i}].via")),
+                    format!("{via} is not the same address family as {}", r.to),
+                ));
+            }
+        }
+    }
+    if let Some(mtu) = nic.mtu {
+        if !MTU_RANGE.contains(&mtu) {
+            return Err(NetworkError::new(
+                key("mtu"),
+                format!("{mtu} is outside {}-{}", MTU_RANGE.start(), MTU_RANGE.end()),
+            ));
+        }
+        if mtu < 1280 && (nic.dhcp6 || nic.addresses.iter().any(|a| !a.is_ipv4())) {
+            return Err(NetworkError::new(
+                key("mtu"),
+                format!("{mtu} is below IPv6's minimum of 1280"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl NetworkConfig {
     /// Checks the rules that span fields and NICs. `prefix` is the key path of the NIC map
     /// (`network.ethernets` or `net`) used in messages.
@@ -183,61 +245,7 @@ impl NetworkConfig {
                     ));
                 }
             }
-            let mut seen = BTreeSet::new();
-            for (i, a) in nic.addresses.iter().enumerate() {
-                if !seen.insert(a) {
-                    return Err(NetworkError::new(
-                        key(&format!("addresses[{i}]")),
-                        format!("duplicate address {a}"),
-                    ));
-                }
-                if a.addr().is_unspecified() || a.addr().is_multicast() {
-                    return Err(NetworkError::new(
-                        key(&format!("addresses[{i}]")),
-                        format!("{a} is not a unicast address"),
-                    ));
-                }
-            }
-            if let Some(gw) = nic.gateway4 {
-                if gw.is_unspecified() || gw.is_broadcast() || gw.is_multicast() {
-                    return Err(NetworkError::new(
-                        key("gateway4"),
-                        format!("{gw} is not a usable gateway"),
-                    ));
-                }
-            }
-            if let Some(gw) = nic.gateway6 {
-                if gw.is_unspecified() || gw.is_multicast() {
-                    return Err(NetworkError::new(
-                        key("gateway6"),
-                        format!("{gw} is not a usable gateway"),
-                    ));
-                }
-            }
-            for (i, r) in nic.routes.iter().enumerate() {
-                if let Some(via) = r.via {
-                    if via.is_ipv4() != r.to.is_ipv4() {
-                        return Err(NetworkError::new(
-                            key(&format!("routes[{i}].via")),
-                            format!("{via} is not the same address family as {}", r.to),
-                        ));
-                    }
-                }
-            }
-            if let Some(mtu) = nic.mtu {
-                if !MTU_RANGE.contains(&mtu) {
-                    return Err(NetworkError::new(
-                        key("mtu"),
-                        format!("{mtu} is outside {}-{}", MTU_RANGE.start(), MTU_RANGE.end()),
-                    ));
-                }
-                if mtu < 1280 && (nic.dhcp6 || nic.addresses.iter().any(|a| !a.is_ipv4())) {
-                    return Err(NetworkError::new(
-                        key("mtu"),
-                        format!("{mtu} is below IPv6's minimum of 1280"),
-                    ));
-                }
-            }
+            check_fields(nic, key)?;
         }
         Ok(())
     }

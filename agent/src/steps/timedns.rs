@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Outcome, StepError};
 use crate::root::FileOpts;
+use crate::systemd::{self, Systemd as _};
 use crate::types::Hostname;
 
 /// Global DNS settings, written to `/etc/systemd/resolved.conf.d/capstan.conf`.
@@ -136,11 +137,21 @@ fn reload(ctx: &Ctx<'_>, unit: &str, did: &str) -> String {
     }
     // the unit reads the file: apply what is staged now
     if let Err(e) = ctx.root.flush_staged() {
-        return format!("{did}; {unit} not reloaded ({})", super::error_chain(&e));
+        return format!("{did}; {unit} not reloaded ({})", crate::error::chain(&e));
     }
-    match std::process::Command::new("systemctl").args(["try-reload-or-restart", unit]).output() {
-        Ok(o) if o.status.success() => format!("{did}; {unit} reloaded"),
-        _ => format!("{did}; {unit} not reloaded (systemd not reachable)"),
+    if !systemd::unit_running(unit) {
+        // try-reload-or-restart leaves a stopped unit stopped: nothing to ask systemd
+        return format!("{did}; {unit} not running, not reloaded");
+    }
+    let reloaded = systemd::block_on(|| async {
+        systemd::SystemBus::connect().await?.try_reload_or_restart(unit).await
+    });
+    match reloaded {
+        Ok(()) => format!("{did}; {unit} reloaded"),
+        Err(e) => {
+            tracing::debug!(unit, error = %crate::error::chain(&e), "try-reload-or-restart");
+            format!("{did}; {unit} not reloaded (systemd not reachable)")
+        }
     }
 }
 

@@ -359,14 +359,10 @@ pub fn merge_keys(current: &str, keys: &[String]) -> String {
     out
 }
 
-pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
-    let plan = ctx.plan;
-    if plan.users.is_empty() && plan.groups.is_empty() {
-        return Ok(Outcome::Skipped("no users or groups".into()));
-    }
-    let root = ctx.root;
-    // Validate every entry before changing anything.
-    for u in &plan.users {
+/// Refuses an entry that would corrupt an account file, sudoers or authorized_keys, before
+/// anything is changed.
+fn validate_users(users: &[User]) -> Result<(), StepError> {
+    for u in users {
         let fields = [
             Some(&u.name),
             u.gecos.as_ref(),
@@ -396,34 +392,33 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
             )));
         }
     }
-    let sudo = render_sudoers(&plan.users);
-    // the rules everyone uses are known to be valid; anything else goes through visudo
-    let unusual =
-        plan.users.iter().flat_map(|u| &u.sudo).any(|r| !KNOWN_GOOD_RULES.contains(&r.trim()));
-    if let (Some(text), true) = (&sudo, unusual) {
-        check_sudoers(text)
-            .map_err(|e| StepError::msg(format!("{SUDOERS}: {e}; no account changed")))?;
-    }
-    let mut db = Accounts::load(root).map_err(|e| StepError::wrap("read account files", e))?;
-    for g in &plan.groups {
+    Ok(())
+}
+
+/// A user of the plan with its ids, and whether this run created it.
+type Ensured<'a> = (&'a User, u32, u32, bool);
+
+/// Adds the plan's groups and users (and their memberships) to the account database.
+fn ensure_accounts<'a>(
+    db: &mut Accounts,
+    users: &'a [User],
+    groups: &[Group],
+) -> Result<Vec<Ensured<'a>>, StepError> {
+    for g in groups {
         db.ensure_group(&g.name, false, None)
             .map_err(|e| StepError::msg(format!("group {}: {e}", g.name)))?;
     }
-    let mut homes = Vec::new();
-    let mut created = Vec::new();
-    for u in &plan.users {
+    let mut ensured = Vec::new();
+    for u in users {
         for g in &u.groups {
             db.ensure_group(g, false, None)
                 .map_err(|e| StepError::msg(format!("user {}: group {g}: {e}", u.name)))?;
             db.add_member(g, &u.name);
         }
         let (uid, gid, new) = db.ensure_user(u).map_err(StepError::msg)?;
-        if new {
-            created.push(u.name.clone());
-        }
-        homes.push((u, uid, gid, new));
+        ensured.push((u, uid, gid, new));
     }
-    for g in &plan.groups {
+    for g in groups {
         for m in &g.members {
             if db.uid(m).is_none() {
                 return Err(StepError::msg(format!(
@@ -434,45 +429,91 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
             db.add_member(&g.name, m);
         }
     }
+    Ok(ensured)
+}
+
+/// Creates a new user's home directory and copies the files of `/etc/skel` into it.
+fn make_home(
+    root: &Root,
+    u: &User,
+    home: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), StepError> {
+    root.mkdir_all(home, FileOpts { mode: 0o700, owner })
+        .map_err(|e| StepError::wrap(format!("user {}: create {home}", u.name), e))?;
+    for f in root.list("/etc/skel").map_err(|e| StepError::wrap("list /etc/skel", e))? {
+        let src = format!("/etc/skel/{f}");
+        // files only; one written by an earlier step of this run is still staged (not on disk
+        // yet), so ask the root rather than the disk whether it is a file
+        let dir = root.resolve(&src).map(|p| p.is_dir()).unwrap_or(true);
+        if !dir && root.exists(&src).unwrap_or(false) {
+            if let Some(data) =
+                root.read(&src).map_err(|e| StepError::wrap(format!("read {src}"), e))?
+            {
+                root.write(format!("{home}/{f}"), &data, FileOpts { mode: 0o644, owner })
+                    .map_err(|e| StepError::wrap(format!("user {}: copy {src}", u.name), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges the user's keys into `~/.ssh/authorized_keys`; returns how many keys were given.
+fn install_keys(
+    root: &Root,
+    u: &User,
+    home: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<usize, StepError> {
+    if u.ssh_authorized_keys.is_empty() {
+        return Ok(0);
+    }
+    let dir = format!("{home}/.ssh");
+    let path = format!("{dir}/authorized_keys");
+    root.mkdir_all(&dir, FileOpts { mode: 0o700, owner })
+        .map_err(|e| StepError::wrap(format!("user {}: create {dir}", u.name), e))?;
+    let cur = root
+        .read_string(&path)
+        .map_err(|e| StepError::wrap(format!("read {path}"), e))?
+        .unwrap_or_default();
+    let want = merge_keys(&cur, &u.ssh_authorized_keys);
+    if want != cur {
+        root.write(&path, want.as_bytes(), FileOpts { mode: 0o600, owner })
+            .map_err(|e| StepError::wrap(format!("user {}: write {path}", u.name), e))?;
+    }
+    Ok(u.ssh_authorized_keys.len())
+}
+
+pub(crate) fn step(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
+    let plan = ctx.plan;
+    if plan.users.is_empty() && plan.groups.is_empty() {
+        return Ok(Outcome::Skipped("no users or groups".into()));
+    }
+    let root = ctx.root;
+    // Validate every entry before changing anything.
+    validate_users(&plan.users)?;
+    let sudo = render_sudoers(&plan.users);
+    // the rules everyone uses are known to be valid; anything else goes through visudo
+    let unusual =
+        plan.users.iter().flat_map(|u| &u.sudo).any(|r| !KNOWN_GOOD_RULES.contains(&r.trim()));
+    if let (Some(text), true) = (&sudo, unusual) {
+        check_sudoers(text)
+            .map_err(|e| StepError::msg(format!("{SUDOERS}: {e}; no account changed")))?;
+    }
+    let mut db = Accounts::load(root).map_err(|e| StepError::wrap("read account files", e))?;
+    let users = ensure_accounts(&mut db, &plan.users, &plan.groups)?;
+    let created: Vec<&str> =
+        users.iter().filter(|(_, _, _, new)| *new).map(|(u, ..)| u.name.as_str()).collect();
     let files = db.save(root).map_err(|e| StepError::wrap("write account files", e))?;
     let mut keys = 0;
-    for (u, uid, gid, new) in homes {
+    for &(u, uid, gid, new) in &users {
         let home = u.home();
         let owner = Some((uid, gid));
-        let make_home = new && !u.no_create_home && (u.homedir.is_some() || !u.system);
-        if make_home && !root.exists(&home).unwrap_or(false) {
-            root.mkdir_all(&home, FileOpts { mode: 0o700, owner })
-                .map_err(|e| StepError::wrap(format!("user {}: create {home}", u.name), e))?;
-            for f in root.list("/etc/skel").map_err(|e| StepError::wrap("list /etc/skel", e))? {
-                let src = format!("/etc/skel/{f}");
-                // files only; one written by an earlier step of this run is still staged
-                // (not on disk yet), so ask the root rather than the disk whether it is a file
-                let dir = root.resolve(&src).map(|p| p.is_dir()).unwrap_or(true);
-                if !dir && root.exists(&src).unwrap_or(false) {
-                    if let Some(data) =
-                        root.read(&src).map_err(|e| StepError::wrap(format!("read {src}"), e))?
-                    {
-                        root.write(format!("{home}/{f}"), &data, FileOpts { mode: 0o644, owner }).map_err(|e| StepError::wrap(format!("user {}: copy {src}", u.name), e))?;
-                    }
-                }
-            }
+        let wants_home = new && !u.no_create_home && (u.homedir.is_some() || !u.system);
+        if wants_home && !root.exists(&home).unwrap_or(false) {
+            make_home(root, u, &home, owner)?;
         }
-        if !u.ssh_authorized_keys.is_empty() {
-            let dir = format!("{home}/.ssh");
-            let path = format!("{dir}/authorized_keys");
-            root.mkdir_all(&dir, FileOpts { mode: 0o700, owner })
-                .map_err(|e| StepError::wrap(format!("user {}: create {dir}", u.name), e))?;
-            let cur = root
-                .read_string(&path)
-                .map_err(|e| StepError::wrap(format!("read {path}"), e))?
-                .unwrap_or_default();
-            let want = merge_keys(&cur, &u.ssh_authorized_keys);
-            if want != cur {
-                root.write(&path, want.as_bytes(), FileOpts { mode: 0o600, owner })
-                    .map_err(|e| StepError::wrap(format!("user {}: write {path}", u.name), e))?;
-            }
-            keys += u.ssh_authorized_keys.len();
-        }
+        keys += install_keys(root, u, &home, owner)?;
     }
     // sudoers must be 0440 to be read by sudo
     let sudo_did = super::timedns::converge_mode(ctx, SUDOERS, sudo, 0o440)?;

@@ -5,6 +5,10 @@
 // Each test binary uses a subset of these.
 #![allow(dead_code)]
 
+pub mod kubenode;
+pub mod netns;
+pub mod networkd;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -108,4 +112,29 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
         }
     }
     out
+}
+
+/// The plan production builds from cloud-init documents: `metadata` and `userdata` as a
+/// guestinfo directory read by the VMware provider ([`capstan_agent::sources::gather_with`])
+/// and planned by [`capstan_agent::boot::build_plan`], with no other source. Returns the plan
+/// and the issues (each naming its source and key).
+pub fn cloud_init_plan(
+    metadata: Option<&str>,
+    userdata: Option<&str>,
+) -> (capstan_agent::steps::Plan, Vec<capstan_agent::boot::Issue>) {
+    let t = tempfile::tempdir().unwrap();
+    let gi = t.path().join("gi");
+    std::fs::create_dir_all(&gi).unwrap();
+    if let Some(m) = metadata {
+        std::fs::write(gi.join("metadata"), m).unwrap();
+    }
+    if let Some(u) = userdata {
+        std::fs::write(gi.join("userdata"), u).unwrap();
+    }
+    let opts = capstan_agent::sources::SourceOptions::rooted(t.path().join("root"));
+    let g = capstan_agent::sources::gather_with(
+        &opts,
+        Some(Box::new(capstan_agent::guestinfo::DirGuestinfo::new(&gi))),
+    );
+    capstan_agent::boot::build_plan(&g)
 }

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use capstan_agent::lb::{LbPaths, LbSettings, Processes, RoleOptions, Tools};
+use capstan_agent::roles::lb::{LbPaths, LbSettings, Processes, RoleOptions, Tools};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
@@ -634,7 +634,7 @@ pub struct LbNode {
     pub dir: std::path::PathBuf,
     pub paths: LbPaths,
     pub thread: NsThread,
-    pub role: Option<tokio::task::JoinHandle<Result<(), capstan_agent::lb::RoleError>>>,
+    pub role: Option<tokio::task::JoinHandle<Result<(), capstan_agent::roles::lb::RoleError>>>,
     stop: watch::Sender<bool>,
 }
 
@@ -649,7 +649,7 @@ impl LbNode {
             processes: Processes::Children { log_dir: dir.to_path_buf() },
             node_label: format!("lb{host}"),
         };
-        let role = thread.spawn(capstan_agent::lb::run_role(settings, opts, async move {
+        let role = thread.spawn(capstan_agent::roles::lb::run_role(settings, opts, async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         }));
         let mut node =
@@ -808,12 +808,12 @@ pub fn sample(lab: &Lab, n: usize) -> (std::collections::BTreeMap<String, u64>, 
 
 impl Lab {
     /// The role's status on LB `h`, gathered inside its namespace.
-    pub fn status(&self, h: u8, settings: &LbSettings) -> capstan_agent::lb::LbStatus {
+    pub fn status(&self, h: u8, settings: &LbSettings) -> capstan_agent::roles::lb::LbStatus {
         let node = self.lb(h);
         let (s, p) = (settings.clone(), node.paths.clone());
         node.thread
             .run(Duration::from_secs(10), async move {
-                tokio::task::spawn_blocking(move || capstan_agent::lb::status(&s, &p))
+                tokio::task::spawn_blocking(move || capstan_agent::roles::lb::status(&s, &p))
                     .await
                     .expect("status task")
             })

@@ -1,22 +1,27 @@
 //! Image hygiene: what a sealed template must not contain, checked on a root tree or read
 //! straight out of a built image (raw, qcow2, VMDK or OVA) without booting or mounting it.
 //!
-//! The same rules drive sealing (`build::seal`) and checking, so the two cannot drift.
+//! The same rules drive sealing (`builder::seal`) and checking, so the two cannot drift.
+//!
+//! An image with a verified `/usr` (partitions of the Discoverable Partitions types for /usr
+//! and its verity tree) is also checked block by block: the hash tree is recomputed from the
+//! /usr partition and compared with the root hash in the image's boot entry (`usrhash=`);
+//! a finding names the first block that differs and, for a data block, the file it holds.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::build::{exec, gpt};
+use crate::{exec, gpt, verity};
 
 /// One hygiene problem.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     /// Short rule name (`machine-id`, `ssh-host-keys`, `agent-state`, `leases`, `logs`,
-    /// `shell-history`, `random-seed`, `root-password`).
+    /// `shell-history`, `random-seed`, `root-password`, `usr-verity`).
     pub rule: &'static str,
     /// What was found, with the path.
     pub detail: String,
@@ -220,6 +225,100 @@ pub fn root_partition(raw: &Path) -> anyhow::Result<(u64, u64)> {
     Ok((p.first_lba * gpt::SECTOR, (p.last_lba - p.first_lba + 1) * gpt::SECTOR))
 }
 
+/// The partitions of a GPT raw disk.
+fn partitions(raw: &Path) -> anyhow::Result<Vec<gpt::Partition>> {
+    let mut head = vec![0u8; 34 * 512];
+    fs::File::open(raw)?
+        .read_exact(&mut head)
+        .with_context(|| format!("{}: too small to be a disk", raw.display()))?;
+    gpt::read(&head).map_err(|e| anyhow::anyhow!("{}: {e}", raw.display()))
+}
+
+/// Byte offset and size of the first partition of type `type_guid`, if any.
+fn partition_of(parts: &[gpt::Partition], type_guid: uuid::Uuid) -> Option<(u64, u64)> {
+    parts
+        .iter()
+        .find(|p| p.type_guid == type_guid)
+        .map(|p| (p.first_lba * gpt::SECTOR, (p.last_lba - p.first_lba + 1) * gpt::SECTOR))
+}
+
+/// The options line of the image's systemd-boot entry, read from the ESP with mtools.
+pub fn boot_options(raw: &Path) -> anyhow::Result<String> {
+    let parts = partitions(raw)?;
+    let (esp, _) = partition_of(&parts, gpt::TYPE_ESP)
+        .with_context(|| format!("{}: no EFI system partition", raw.display()))?;
+    let entry = exec::output(
+        Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(format!("{}@@{esp}", raw.display()))
+            .arg("::/loader/entries/capstan.conf"),
+    )
+    .context("reading the boot entry from the ESP (mtools)")?;
+    entry
+        .lines()
+        .find_map(|l| l.strip_prefix("options "))
+        .map(str::to_string)
+        .with_context(|| format!("{}: the boot entry has no options line", raw.display()))
+}
+
+/// Checks the verified /usr of `raw`, if it has one: `None` when the image has no /usr
+/// partition, else the findings (empty when every block matches the boot entry's root hash).
+pub fn check_usr(raw: &Path) -> anyhow::Result<Option<Vec<Finding>>> {
+    let parts = partitions(raw)?;
+    let (Some((usr, usr_len)), Some((hash, hash_len))) = (
+        partition_of(&parts, gpt::TYPE_USR_X86_64),
+        partition_of(&parts, gpt::TYPE_USR_VERITY_X86_64),
+    ) else {
+        return Ok(None);
+    };
+    let finding = |detail: String| Ok(Some(vec![Finding { rule: "usr-verity", detail }]));
+    let options = boot_options(raw)?;
+    let Some(root_hash) = options.split_whitespace().find_map(|w| w.strip_prefix("usrhash="))
+    else {
+        return finding("the boot entry has no usrhash=: /usr would boot unverified".into());
+    };
+    let mut f = fs::File::open(raw)?;
+    f.seek(SeekFrom::Start(hash))?;
+    let mut tree = vec![0u8; hash_len as usize];
+    f.read_exact(&mut tree).context("reading the /usr verity partition")?;
+    f.seek(SeekFrom::Start(usr))?;
+    let mut data = std::io::BufReader::with_capacity(1 << 20, f.take(usr_len));
+    match verity::verify(&tree, &mut data, root_hash) {
+        Ok(_) => Ok(Some(Vec::new())),
+        Err(verity::VerityError::DataBlock { block, offset }) => {
+            let file = usr_file_of_block(raw, usr, block).unwrap_or_default();
+            finding(format!(
+                "/usr data block {block} (byte {} of the image){file} does not match the hash tree",
+                usr + offset
+            ))
+        }
+        Err(e @ verity::VerityError::Io { .. }) => Err(e).context("checking the /usr hash tree"),
+        Err(e) => finding(format!("{e} (usrhash={root_hash})")),
+    }
+}
+
+/// `: /usr/PATH` for the file holding filesystem block `block` of the /usr ext4 at
+/// `offset`, found with debugfs `icheck`/`ncheck`; empty when no file holds it.
+fn usr_file_of_block(raw: &Path, offset: u64, block: u64) -> anyhow::Result<String> {
+    let dev = format!("{}?offset={offset}", raw.display());
+    let debugfs = |req: String| exec::output(Command::new("debugfs").arg("-R").arg(req).arg(&dev));
+    let icheck = debugfs(format!("icheck {block}"))?;
+    let Some(inode) = icheck.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)) else {
+        return Ok(String::new());
+    };
+    if inode.parse::<u64>().is_err() {
+        return Ok(String::new());
+    }
+    let ncheck = debugfs(format!("ncheck {inode}"))?;
+    Ok(ncheck
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_once(char::is_whitespace))
+        .map(|(_, path)| format!(": /usr{}", path.trim()))
+        .unwrap_or_default())
+}
+
 /// Copies the paths the rules need out of the ext4 root of `raw` into `dest` with debugfs.
 pub fn extract_root(raw: &Path, dest: &Path) -> anyhow::Result<()> {
     let (offset, _) = root_partition(raw)?;
@@ -238,6 +337,39 @@ pub fn extract_root(raw: &Path, dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bytes of the file at `path` (absolute in the image) in the ext4 root of the image
+/// `image` (raw, qcow2, VMDK or OVA), read with debugfs; `None` if the image has no such file.
+pub fn read_image_file(image: &Path, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let tmp = tempfile::Builder::new().prefix("capstan-read").tempdir()?;
+    let raw = to_raw(image, tmp.path())?;
+    // With a /usr partition, /usr's files are there (its root is /usr).
+    let usr = partition_of(&partitions(&raw)?, gpt::TYPE_USR_X86_64);
+    let (offset, path) = match (usr, path.strip_prefix("/usr/")) {
+        (Some((usr, _)), Some(rest)) => (usr, format!("/{rest}")),
+        _ => (root_partition(&raw)?.0, path.to_string()),
+    };
+    let path = path.as_str();
+    let out = tmp.path().join("file");
+    // debugfs takes one command line: a path with a newline or a quote could smuggle another.
+    if path.contains(['\n', '"']) || !path.starts_with('/') {
+        bail!("{path:?}: not an absolute path debugfs can name");
+    }
+    let dev = format!("{}?offset={offset}", raw.display());
+    exec::run(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump \"{path}\" \"{}\"", out.display()))
+            .arg(&dev),
+    )
+    .with_context(|| format!("reading {path} from {} with debugfs (e2fsprogs)", image.display()))?;
+    // debugfs reports a missing file on stderr and still exits 0, creating nothing.
+    match fs::read(&out) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", out.display())),
+    }
+}
+
 /// Checks an image file of any supported format.
 pub fn check_image(image: &Path) -> anyhow::Result<Vec<Finding>> {
     let tmp = tempfile::Builder::new().prefix("capstan-check").tempdir()?;
@@ -248,7 +380,9 @@ pub fn check_image(image: &Path) -> anyhow::Result<Vec<Finding>> {
     if !root.join("etc").is_dir() {
         bail!("{}: the root filesystem has no /etc", image.display());
     }
-    Ok(check_root(&root))
+    let mut findings = check_root(&root);
+    findings.extend(check_usr(&raw)?.unwrap_or_default());
+    Ok(findings)
 }
 
 #[cfg(test)]

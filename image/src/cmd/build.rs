@@ -1,4 +1,5 @@
-//! `capstan build PROFILE -o DIR [--formats ova,qcow2,raw] [--firmware efi|bios] [--kube-bin DIR]`.
+//! `capstan build PROFILE -o DIR [--formats ova,qcow2,raw] [--firmware efi|bios] [--kube-bin DIR]
+//! [--sign-key KEY.pem --sign-cert CERT.pem]`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -7,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::build::{self, outputs::Format, BuildOptions, Firmware};
+use crate::builder::{self, outputs::Format, BuildOptions, Stage};
+use crate::firmware::Firmware;
 
 /// Boot firmware.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -24,7 +26,8 @@ pub enum FirmwareArg {
 pub struct BuildArgs {
     /// Profile name under the buildroot (`lb`, `node`) or a profile directory.
     pub profile: String,
-    /// Output directory.
+    /// Output directory (the images, PROFILE.spdx.json and PROFILE.cdx.json: the SBOM,
+    /// PROFILE.build.json: the report).
     #[arg(short = 'o', long = "out", value_name = "DIR")]
     pub out: PathBuf,
     /// Comma-separated formats: ova, qcow2, raw, vmdk.
@@ -51,6 +54,13 @@ pub struct BuildArgs {
     /// Rebuild these stages even when cached (rootfs, customize, disk, outputs).
     #[arg(long, value_delimiter = ',', value_name = "STAGES")]
     pub rebuild: Vec<String>,
+    /// Sign the OVA with this RSA key (PEM, PKCS#1 or PKCS#8, at least 2048 bits); needs
+    /// --sign-cert.
+    #[arg(long, value_name = "KEY.pem", requires = "sign_cert")]
+    pub sign_key: Option<PathBuf>,
+    /// The signer's certificate, then any intermediates (PEM); needs --sign-key.
+    #[arg(long, value_name = "CERT.pem", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
 }
 
 /// The source tree this binary was built from (for buildroot/ and agent/units defaults).
@@ -92,6 +102,22 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         source_tree().join("agent/units")
     };
     let formats: BTreeSet<Format> = args.formats.into_iter().collect();
+    let rebuild = args
+        .rebuild
+        .iter()
+        .map(|s| s.parse::<Stage>())
+        .collect::<Result<BTreeSet<Stage>, String>>()
+        .map_err(|e| anyhow::anyhow!("--rebuild {e}"))?;
+    // The key is read (and checked against the certificate) before any stage runs.
+    let sign = match (&args.sign_key, &args.sign_cert) {
+        (Some(key), Some(cert)) => {
+            if !formats.contains(&Format::Ova) {
+                anyhow::bail!("--sign-key signs the OVA, and --formats has no ova");
+            }
+            Some(std::sync::Arc::new(crate::sign::SigningKey::load(key, cert)?))
+        }
+        _ => None,
+    };
     let opts = BuildOptions {
         buildroot,
         profile: args.profile,
@@ -104,16 +130,18 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         kube_bin: args.kube_bin,
         agent_bin,
         agent_units: Some(units),
-        cache: args.cache.unwrap_or_else(build::cache::default_dir),
+        cache: args.cache.unwrap_or_else(crate::cache::default_dir),
         no_cache: args.no_cache,
-        rebuild: args.rebuild,
+        rebuild,
+        sign,
     };
-    let report = build::build(&opts)?;
+    let report = builder::build(&opts)?;
     for w in &report.warnings {
         eprintln!("capstan build: warning: {w}");
     }
     for o in &report.outputs {
-        println!("{}  {:>12}  {}", o.sha256, o.bytes, o.path.display());
+        let signed = o.signed_by.as_ref().map(|s| format!("  (signed by {s})")).unwrap_or_default();
+        println!("{}  {:>12}  {}{signed}", o.sha256, o.bytes, o.path.display());
     }
     eprintln!(
         "capstan build: {} {} done in {:.1}s; report: {}",

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 
-use crate::build::cache::{self, inventory};
+use crate::cache::{self, inventory};
 
 /// `capstan cache` subcommands.
 #[derive(Debug, Subcommand)]

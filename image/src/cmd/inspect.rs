@@ -13,7 +13,7 @@ use ovf::descriptor::{
 };
 use serde_json::{json, Value};
 
-use crate::build::Firmware;
+use crate::firmware::Firmware;
 use crate::lab::firmware::{self, Decision};
 
 /// Arguments of `capstan ova inspect` (dispatched here by `cmd::ova`).
@@ -259,24 +259,7 @@ pub(crate) fn render_text(r: &Value) -> String {
                 s(&hw["transport"])
             );
             for d in hw["devices"].as_array().into_iter().flatten() {
-                let mut line =
-                    format!("    [{}] {} {}", s(&d["instance_id"]), s(&d["kind"]), s(&d["name"]));
-                if !d["subtype"].is_null() {
-                    let _ = write!(line, " ({})", s(&d["subtype"]));
-                }
-                if !d["parent"].is_null() {
-                    let _ = write!(line, " on {}:{}", s(&d["parent"]), s(&d["address_on_parent"]));
-                }
-                for h in d["host_resources"].as_array().into_iter().flatten() {
-                    let _ = write!(line, " -> {}", s(h));
-                }
-                for c in d["connections"].as_array().into_iter().flatten() {
-                    let _ = write!(line, " network {:?}", s(c));
-                }
-                if !d["configuration"].is_null() {
-                    let _ = write!(line, " [configuration {}]", s(&d["configuration"]));
-                }
-                let _ = writeln!(o, "{line}");
+                let _ = writeln!(o, "{}", device_line(d));
             }
             for c in hw["config"].as_array().into_iter().flatten() {
                 let _ = writeln!(o, "    config {} = {}", s(&c["key"]), s(&c["value"]));
@@ -317,28 +300,57 @@ pub(crate) fn render_text(r: &Value) -> String {
             s(&p["virtual_system"])
         );
         for prop in p["properties"].as_array().into_iter().flatten() {
-            let mut line = format!("  {} : {}", s(&prop["env_key"]), s(&prop["type"]));
-            if !prop["default"].is_null() {
-                let shown = if prop["password"] == Value::Bool(true) {
-                    "****".to_string()
-                } else {
-                    format!("{:?}", s(&prop["default"]))
-                };
-                let _ = write!(line, " = {shown}");
-            }
-            if prop["user_configurable"] == Value::Bool(true) {
-                line.push_str(" [configurable]");
-            }
-            if !prop["label"].is_null() {
-                let _ = write!(line, " \"{}\"", s(&prop["label"]));
-            }
-            if !prop["category"].is_null() {
-                let _ = write!(line, " in {:?}", s(&prop["category"]));
-            }
-            let _ = writeln!(o, "{line}");
+            let _ = writeln!(o, "{}", property_line(prop));
         }
     }
     o
+}
+
+/// One device of a hardware section: `[id] kind name (subtype) on parent:address -> ...`.
+fn device_line(d: &Value) -> String {
+    use std::fmt::Write;
+    let mut line = format!("    [{}] {} {}", s(&d["instance_id"]), s(&d["kind"]), s(&d["name"]));
+    if !d["subtype"].is_null() {
+        let _ = write!(line, " ({})", s(&d["subtype"]));
+    }
+    if !d["parent"].is_null() {
+        let _ = write!(line, " on {}:{}", s(&d["parent"]), s(&d["address_on_parent"]));
+    }
+    for h in d["host_resources"].as_array().into_iter().flatten() {
+        let _ = write!(line, " -> {}", s(h));
+    }
+    for c in d["connections"].as_array().into_iter().flatten() {
+        let _ = write!(line, " network {:?}", s(c));
+    }
+    if !d["configuration"].is_null() {
+        let _ = write!(line, " [configuration {}]", s(&d["configuration"]));
+    }
+    line
+}
+
+/// One product property: `key : type = default [configurable] "label" in "category"`; a
+/// password's default is never shown.
+fn property_line(prop: &Value) -> String {
+    use std::fmt::Write;
+    let mut line = format!("  {} : {}", s(&prop["env_key"]), s(&prop["type"]));
+    if !prop["default"].is_null() {
+        let shown = if prop["password"] == Value::Bool(true) {
+            "****".to_string()
+        } else {
+            format!("{:?}", s(&prop["default"]))
+        };
+        let _ = write!(line, " = {shown}");
+    }
+    if prop["user_configurable"] == Value::Bool(true) {
+        line.push_str(" [configurable]");
+    }
+    if !prop["label"].is_null() {
+        let _ = write!(line, " \"{}\"", s(&prop["label"]));
+    }
+    if !prop["category"].is_null() {
+        let _ = write!(line, " in {:?}", s(&prop["category"]));
+    }
+    line
 }
 
 #[cfg(test)]

@@ -72,34 +72,23 @@ pub(crate) fn check_file(path: &Path, opts: &Options, require_files: bool) -> Ve
     diags
 }
 
-/// An error and its causes on one line; the element/line prefix is not repeated.
+/// An error and its causes on one line (the one chain printer, `capstan_agent::error`); the
+/// element/line prefix the diagnostic shows is not repeated.
 fn error_chain(e: &ovf::descriptor::ParseError) -> String {
-    use std::error::Error;
-    let mut msg = match e {
+    let unreadable = matches!(e, ovf::descriptor::ParseError::Xml(_));
+    capstan_agent::error::chain_with(e, |depth, link| {
         // The prefix carries line and element already; say what, not where, again.
-        ovf::descriptor::ParseError::Xml(_) => "not readable XML".to_string(),
-        other => {
-            let s = other.to_string();
-            // Drop the "line N: <element>: " prefix the Display adds.
-            match s.split_once(">: ") {
-                Some((_, rest)) if s.starts_with("line ") => rest.to_string(),
-                _ => s,
-            }
+        if depth == 0 && unreadable {
+            return "not readable XML".to_string();
         }
-    };
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        // XmlError messages start with "line N: " too.
-        let text = match text.split_once(": ") {
+        let s = link.to_string();
+        // The top level reads "line N: <element>: ...", XmlError causes "line N: ...".
+        let cut = if depth == 0 { s.split_once(">: ") } else { s.split_once(": ") };
+        match cut {
             Some((head, rest)) if head.starts_with("line ") => rest.to_string(),
-            _ => text,
-        };
-        msg.push_str(": ");
-        msg.push_str(&text);
-        src = s.source();
-    }
-    msg
+            _ => s,
+        }
+    })
 }
 
 fn check(args: &CheckArgs) -> ExitCode {

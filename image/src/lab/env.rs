@@ -7,8 +7,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::build::exec;
 use crate::check::{self, ImageFormat};
+use crate::exec;
 
 /// Reads the `.ovf` member of an OVA.
 pub fn read_ova_descriptor(ova: &Path, work: &Path) -> anyhow::Result<ovf::descriptor::Envelope> {
@@ -110,6 +110,59 @@ pub fn write_iso(env: &ovf::env::Environment, work: &Path) -> anyhow::Result<Pat
     Ok(iso)
 }
 
+/// A cloud seed to attach as a CD-ROM (`capstan lab run --seed`): a NoCloud seed (volume label
+/// `cidata`) or an OpenStack config drive (`config-2`), from a directory holding its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seed {
+    /// `nocloud:DIR`: `meta-data`, `user-data`, `network-config`, ... at the top of DIR.
+    NoCloud(PathBuf),
+    /// `configdrive:DIR`: `openstack/latest/meta_data.json`, ... under DIR.
+    ConfigDrive(PathBuf),
+}
+
+impl std::str::FromStr for Seed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("nocloud", d)) if !d.is_empty() => Ok(Seed::NoCloud(d.into())),
+            Some(("configdrive", d)) if !d.is_empty() => Ok(Seed::ConfigDrive(d.into())),
+            _ => Err(format!("{s:?}: expected nocloud:DIR or configdrive:DIR")),
+        }
+    }
+}
+
+impl Seed {
+    /// The volume label cloud-init (and the agent) look for.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Seed::NoCloud(_) => "cidata",
+            Seed::ConfigDrive(_) => "config-2",
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            Seed::NoCloud(d) | Seed::ConfigDrive(d) => d,
+        }
+    }
+}
+
+/// Writes the seed's directory as an ISO 9660 image with Rock Ridge and Joliet names and the
+/// seed's volume label, as `cloud-localds` and Nova's config drive writer do.
+pub fn write_seed_iso(seed: &Seed, work: &Path) -> anyhow::Result<PathBuf> {
+    let dir = seed.dir();
+    anyhow::ensure!(dir.is_dir(), "seed {}: not a directory", dir.display());
+    let iso = work.join(format!("{}.iso", seed.label()));
+    exec::run(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-V", seed.label(), "-J", "-r", "-o"])
+            .arg(&iso)
+            .arg(dir),
+    )
+    .with_context(|| format!("making the {} seed ISO (Debian xorriso)", seed.label()))?;
+    Ok(iso)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +200,19 @@ mod tests {
         let parsed = ovf::env::Environment::parse(&env.to_xml()).unwrap();
         assert_eq!(parsed.property("capstan.hostname"), Some("lb-1"));
         assert_eq!(parsed.ethernet_adapters[0].mac, "52:54:00:12:34:56");
+    }
+
+    #[test]
+    fn seeds_parse_and_get_their_labels() {
+        let s: Seed = "nocloud:/tmp/seed".parse().unwrap();
+        assert_eq!(s, Seed::NoCloud("/tmp/seed".into()));
+        assert_eq!(s.label(), "cidata");
+        let c: Seed = "configdrive:d".parse().unwrap();
+        assert_eq!(c.label(), "config-2");
+        assert!("nocloud:".parse::<Seed>().is_err());
+        assert!("ec2:http://x".parse::<Seed>().is_err());
+        let w = tempfile::tempdir().unwrap();
+        let e = write_seed_iso(&Seed::NoCloud(w.path().join("absent")), w.path()).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
     }
 }

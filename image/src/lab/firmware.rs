@@ -10,8 +10,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::build::gpt::MBR_BOOT_CODE;
-use crate::build::{exec, Firmware};
+use crate::exec;
+use crate::firmware::Firmware;
+use crate::gpt::MBR_BOOT_CODE;
 
 /// `--firmware` of `capstan lab run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! The QEMU lab: boot a built template on this machine the way vSphere would deliver its
 //! configuration, and report what the agent applied.
 //!
-//! - the disk is never written: QEMU runs on a qcow2 overlay in a temporary directory (an
-//!   OVA's streamOptimized VMDK is used directly as the overlay's backing file);
+//! - the disk is never written: QEMU runs on a qcow2 overlay in a temporary directory, or in
+//!   the VM's directory in a state dir (an OVA's streamOptimized VMDK is used directly as the
+//!   overlay's backing file);
 //! - vApp properties become an OVF environment (`ovf-env.xml`) on an ISO labelled `OVF ENV`
 //!   attached as an IDE CD-ROM (`/dev/sr0`), as vCenter's ISO transport does;
 //! - guestinfo keys (CAPV's `metadata`/`userdata`, `capstan.*`) go through QEMU fw_cfg as
@@ -12,20 +13,27 @@
 //! - the serial console goes to a log file; the image's `capstan-report.service` prints the
 //!   agent's `status --json` between markers when first boot is done, which is what
 //!   `--wait-ready` waits for;
-//! - QEMU is always killed by pid at the end (also on error, timeout or panic).
+//! - every VM gets its own SMBIOS system UUID (`-uuid`), random unless given, as vSphere gives
+//!   each VM a BIOS UUID; the agent takes it as the instance-id when no source names one;
+//! - QEMU is always killed by pid at the end (also on error, timeout or panic), unless it is
+//!   detached: then its directory and record stay in a state dir ([`state`]) for
+//!   `capstan lab stop` and the hub's `lab` remediation.
 
+pub mod clone;
 pub mod env;
 pub mod firmware;
 pub mod qemu;
+pub mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use self::firmware::{Decision, FirmwareChoice};
-use crate::build::Firmware;
+use self::state::Work;
 use crate::check::{self, ImageFormat};
+use crate::firmware::Firmware;
 
 /// Start of the ready report on the serial console (printed by `capstan-report.service`).
 pub const MARK_BEGIN: &str = "CAPSTAN-READY-BEGIN";
@@ -111,8 +119,16 @@ pub struct LabOptions {
     pub guestinfo: Vec<GuestinfoArg>,
     /// First NIC's MAC.
     pub mac: String,
-    /// Wait for the ready report, then power off.
+    /// Wait for the ready report, then power off (unless `detach`).
     pub wait_ready: bool,
+    /// Leave QEMU running when the command ends (after the ready report with `wait_ready`,
+    /// else at once); implies a state dir.
+    pub detach: bool,
+    /// The SMBIOS system UUID (`None`: a random one, as vSphere gives each new VM).
+    pub uuid: Option<String>,
+    /// Keep the VM's files and record in `DIR/<uuid>/` (default with `detach`:
+    /// [`state::DEFAULT_DIR`]).
+    pub state_dir: Option<PathBuf>,
     /// Give up after this long.
     pub timeout: Duration,
     /// Accelerator.
@@ -125,6 +141,9 @@ pub struct LabOptions {
     pub cpus: u32,
     /// An ISO to attach instead of the generated OVF environment (e.g. a NoCloud seed).
     pub cdrom: Option<PathBuf>,
+    /// A seed directory to attach as an ISO (label `cidata` or `config-2`) instead of the
+    /// generated OVF environment.
+    pub seed: Option<env::Seed>,
     /// Keep the serial log here (default: inside the temporary directory, printed on failure).
     pub serial_log: Option<PathBuf>,
     /// Cache directory (for the KVM probe verdict).
@@ -136,6 +155,12 @@ pub struct LabOptions {
 pub struct LabResult {
     /// The ready report arrived.
     pub ready: bool,
+    /// The VM's SMBIOS system UUID (the agent's instance-id unless its sources give one).
+    pub uuid: String,
+    /// The VM's kept directory (`DIR/<uuid>`), with `--state-dir` or `--detach`.
+    pub state: Option<PathBuf>,
+    /// QEMU's pid, when it was left running (`--detach`).
+    pub pid: Option<u32>,
     /// Accelerator used.
     pub accel: Accel,
     /// Firmware used: `efi` (OVMF) or `bios` (SeaBIOS).
@@ -198,80 +223,183 @@ pub fn find_report(log: &str) -> Option<Report> {
     Some(Report { uptime: field(head, "uptime"), status, text, rc: field(tail, "rc") })
 }
 
-/// Boots the image and (with `wait_ready`) waits for the report.
+/// Why a ready report says first boot did not succeed (`None` when its status command
+/// exited 0, or when its end line was cut and gives no code): the exit code, the failed
+/// steps with their errors, the status's errors.
+pub fn report_failure(r: &Report) -> Option<String> {
+    let rc = r.rc.filter(|c| *c != 0)?;
+    let rc = format!("exit code {rc}");
+    let mut why = Vec::new();
+    if let Some(st) = &r.status {
+        for s in st["steps"].as_array().into_iter().flatten() {
+            if s["status"] == "failed" {
+                let name = s["name"].as_str().unwrap_or("?");
+                why.push(format!("step {name} failed: {}", s["error"].as_str().unwrap_or("")));
+            }
+        }
+        for e in st["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()) {
+            why.push(e.to_owned());
+        }
+    } else if !r.text.is_empty() {
+        why.push(r.text.lines().take(5).collect::<Vec<_>>().join(" / "));
+    }
+    let why = if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) };
+    Some(format!("its first-boot status command reported {rc}{why}"))
+}
+
+/// Boots the image and (with `wait_ready`) waits for the report. With a state dir (or
+/// `detach`), the VM's files stay in `DIR/<uuid>/` with its record ([`state`]); a run that
+/// fails removes the directory it created.
 pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
-    let work = tempfile::Builder::new().prefix("capstan-lab").tempdir()?;
+    let uuid = match &opts.uuid {
+        Some(u) => u.clone(),
+        None => state::new_uuid(),
+    };
+    let state_dir =
+        opts.state_dir.clone().or_else(|| opts.detach.then(|| PathBuf::from(state::DEFAULT_DIR)));
+    let work = match &state_dir {
+        Some(d) => Work::create(d, &uuid)?,
+        None => Work::temp()?,
+    };
+    let result = run_in(opts, &uuid, &work, state_dir.as_deref());
+    if let (Err(_), Some(dir)) = (&result, work.kept()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+/// The disk, firmware, CD-ROM and accelerator of a run.
+struct Prepared {
+    disk: qemu::PreparedDisk,
+    fw: Decision,
+    cdrom: PathBuf,
+    ovf_env: Vec<(String, String)>,
+    accel: Accel,
+}
+
+fn prepare(opts: &LabOptions, work: &Path) -> anyhow::Result<Prepared> {
     // Before the disk is extracted: a descriptor that asks for no valid firmware fails fast.
-    let fw = given_firmware(opts, work.path())?;
-    let disk = qemu::prepare_disk(&opts.image, work.path())?;
+    let fw = given_firmware(opts, work)?;
+    let disk = qemu::prepare_disk(&opts.image, work)?;
     let fw = match fw {
         Some(fw) => fw,
-        None => firmware::from_first_sector(&firmware::first_sector(
-            &disk.overlay,
-            "qcow2",
-            work.path(),
-        )?),
+        None => firmware::from_first_sector(&firmware::first_sector(&disk.overlay, "qcow2", work)?),
     };
-    let (cdrom, ovf_env) = match &opts.cdrom {
-        Some(iso) => (iso.clone(), Vec::new()),
-        None => {
-            let props = env::environment_for(&opts.image, &opts.props, work.path())?;
+    let (cdrom, ovf_env) = match (&opts.cdrom, &opts.seed) {
+        // Absolute: a kept VM's command line (argv.json) is run again from anywhere.
+        (Some(iso), _) => (std::path::absolute(iso)?, Vec::new()),
+        (None, Some(seed)) => (env::write_seed_iso(seed, work)?, Vec::new()),
+        (None, None) => {
+            let props = env::environment_for(&opts.image, &opts.props, work)?;
             let env = env::build_environment(&props, &opts.mac);
-            let iso = env::write_iso(&env, work.path())?;
+            let iso = env::write_iso(&env, work)?;
             (iso, props)
         }
     };
+    let accel = match opts.accel {
+        Accel::Auto => qemu::probe_kvm(&disk.kernel_probe, &opts.cache, work),
+        a => a,
+    };
+    Ok(Prepared { disk, fw, cdrom, ovf_env, accel })
+}
+
+fn run_in(
+    opts: &LabOptions,
+    uuid: &str,
+    work: &Work,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<LabResult> {
+    let p = prepare(opts, work.path())?;
     let serial = opts.serial_log.clone().unwrap_or_else(|| work.path().join("serial.log"));
+    let serial = std::path::absolute(&serial)?;
     // QEMU appends to an existing file: a stale report must never look like this boot's.
     if serial.exists() {
         std::fs::remove_file(&serial)
             .with_context(|| format!("removing old serial log {}", serial.display()))?;
     }
-    let accel = match opts.accel {
-        Accel::Auto => qemu::probe_kvm(&disk.kernel_probe, &opts.cache, work.path()),
-        a => a,
-    };
-    let mut vm = qemu::Vm::start(&qemu::VmSpec {
-        disk: &disk.overlay,
-        cdrom: &cdrom,
+    let spec = qemu::VmSpec {
+        disk: &p.disk.overlay,
+        cdrom: &p.cdrom,
         guestinfo: &opts.guestinfo,
         mac: &opts.mac,
-        accel,
-        firmware: fw.firmware,
+        accel: p.accel,
+        firmware: p.fw.firmware,
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         serial: &serial,
         work: work.path(),
-        interactive: !opts.wait_ready,
-    })?;
+        interactive: !opts.wait_ready && !opts.detach,
+    };
+    // The SMBIOS type 1 UUID, which the guest reads as /sys/class/dmi/id/product_uuid.
+    let mut vm = qemu::Vm::start_with(&spec, &["-uuid".into(), uuid.to_owned()])?;
     let started = Instant::now();
+    if let Some(dir) = work.kept() {
+        state::write_argv(dir, vm.argv())?;
+        state::write_pid(dir, vm.pid())?;
+    }
     let mut result = LabResult {
         ready: false,
-        accel,
-        firmware: fw.firmware,
-        firmware_from: fw.from,
+        uuid: uuid.to_owned(),
+        state: work.kept().map(Path::to_path_buf),
+        pid: None,
+        accel: p.accel,
+        firmware: p.fw.firmware,
+        firmware_from: p.fw.from,
         boot_seconds: None,
         guest_uptime: None,
         status: None,
         status_rc: None,
-        ovf_env,
-        serial_log: opts.serial_log.clone(),
+        ovf_env: p.ovf_env,
+        serial_log: opts.serial_log.clone().or_else(|| work.kept().map(|_| serial.clone())),
     };
-    if !opts.wait_ready {
+    if !opts.wait_ready && !opts.detach {
         let code = vm.wait(opts.timeout)?;
         eprintln!("capstan lab: QEMU exited ({code})");
         return Ok(result);
     }
+    if opts.wait_ready {
+        let r = wait_report(&mut vm, &serial, opts.timeout, p.accel)?;
+        if let Some(why) = report_failure(&r) {
+            // Reported, not fatal: the report is the result (tests of refused input read it).
+            eprintln!("capstan lab: VM {uuid} reported ready, but {why}");
+        }
+        result.ready = true;
+        result.boot_seconds = Some(started.elapsed().as_secs_f64());
+        result.guest_uptime = r.uptime;
+        result.status_rc = r.rc;
+        result.status = Some(r.status.unwrap_or(serde_json::Value::String(r.text)));
+        let iid = result.status.as_ref().and_then(|s| s["instance_id"].as_str());
+        if let (Some(dir), Some(iid)) = (state_dir, iid) {
+            if let Err(e) = state::link_instance_id(dir, uuid, iid) {
+                eprintln!("capstan lab: {e:#}");
+            }
+        }
+    }
+    if opts.detach {
+        result.pid = Some(vm.detach());
+    } else {
+        vm.kill();
+        if let Some(dir) = work.kept() {
+            // The record stays (the VM can be started again from it); the process is gone.
+            let _ = std::fs::remove_file(dir.join(state::PID));
+        }
+    }
+    Ok(result)
+}
+
+/// Polls the serial log until the ready report is complete.
+fn wait_report(
+    vm: &mut qemu::Vm,
+    serial: &Path,
+    timeout: Duration,
+    accel: Accel,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
     loop {
-        let log = std::fs::read(&serial).unwrap_or_default();
+        let log = std::fs::read(serial).unwrap_or_default();
         let log = String::from_utf8_lossy(&log);
         if let Some(r) = find_report(&log) {
-            result.ready = true;
-            result.boot_seconds = Some(started.elapsed().as_secs_f64());
-            result.guest_uptime = r.uptime;
-            result.status_rc = r.rc;
-            result.status = Some(r.status.unwrap_or(serde_json::Value::String(r.text)));
-            break;
+            return Ok(r);
         }
         if let Some(code) = vm.try_exit()? {
             bail!(
@@ -280,22 +408,20 @@ pub fn run(opts: &LabOptions) -> anyhow::Result<LabResult> {
                 tail(&log, 40)
             );
         }
-        if started.elapsed() > opts.timeout {
+        if started.elapsed() > timeout {
             bail!(
                 "no ready report from the guest within {}s ({accel:?}); last console lines:\n{}",
-                opts.timeout.as_secs(),
+                timeout.as_secs(),
                 tail(&log, 40)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    vm.kill();
-    Ok(result)
 }
 
 /// `--firmware`, else what an OVA's descriptor asks for; `None` for a bare disk (its MBR
 /// decides, once the overlay exists).
-fn given_firmware(opts: &LabOptions, work: &std::path::Path) -> anyhow::Result<Option<Decision>> {
+fn given_firmware(opts: &LabOptions, work: &Path) -> anyhow::Result<Option<Decision>> {
     if let FirmwareChoice::Force(firmware) = opts.firmware {
         return Ok(Some(Decision { firmware, from: "--firmware".into() }));
     }
@@ -331,6 +457,26 @@ mod tests {
         let r = find_report(log).unwrap();
         assert_eq!(r.status.unwrap()["a"], 1);
         assert_eq!(r.rc, Some(3));
+    }
+
+    #[test]
+    fn a_failed_report_says_why() {
+        let ok = find_report("CAPSTAN-READY-BEGIN uptime=1\n{}\nCAPSTAN-READY-END rc=0\n").unwrap();
+        assert_eq!(report_failure(&ok), None);
+        let log =
+            "CAPSTAN-READY-BEGIN uptime=1\n{\"steps\":[{\"name\":\"hostname\",\"status\":\"ok\"},\
+            {\"name\":\"network\",\"status\":\"failed\",\"error\":\"bad MAC\"}],\
+            \"errors\":[\"guestinfo key metadata: bad\"]}\nCAPSTAN-READY-END rc=1\n";
+        let why = report_failure(&find_report(log).unwrap()).unwrap();
+        assert!(why.contains("exit code 1"), "{why}");
+        assert!(why.contains("step network failed: bad MAC"), "{why}");
+        assert!(why.contains("guestinfo key metadata: bad") && !why.contains("hostname"), "{why}");
+        let text = "CAPSTAN-READY-BEGIN uptime=1\nsh: capstan-agent: Input/output error\nCAPSTAN-READY-END rc=126\n";
+        let why = report_failure(&find_report(text).unwrap()).unwrap();
+        assert!(why.contains("exit code 126") && why.contains("Input/output error"), "{why}");
+        // an end line cut by other console output gives no code: not taken as a failure
+        let cut = "CAPSTAN-READY-BEGIN uptime=1\n{}\nCAPSTAN-READY-END\n";
+        assert_eq!(report_failure(&find_report(cut).unwrap()), None);
     }
 
     #[test]

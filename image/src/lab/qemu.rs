@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::{Accel, GuestinfoArg};
-use crate::build::{exec, Firmware};
 use crate::check::{self, ImageFormat};
+use crate::exec;
+use crate::firmware::Firmware;
 
 /// fw_cfg name prefix for guestinfo keys (what the agent's `FwCfg` source reads).
 pub const FW_CFG_PREFIX: &str = "opt/capstan/guestinfo/";
@@ -77,7 +78,7 @@ pub fn probe_kvm(kernel: &Option<PathBuf>, cache: &Path, work: &Path) -> Accel {
     let version =
         exec::output(Command::new("qemu-system-x86_64").arg("--version")).unwrap_or_default();
     let size = fs::metadata(kernel).map(|m| m.len()).unwrap_or(0);
-    let key = crate::build::cache::Key::new("kvm-probe")
+    let key = crate::cache::Key::new("kvm-probe")
         .str("qemu", &version)
         .str("kernel", &format!("{}:{size}", kernel.display()))
         .finish();
@@ -164,11 +165,13 @@ pub struct VmSpec<'a> {
     pub interactive: bool,
 }
 
-/// A running VM; QEMU is killed when this is dropped.
+/// A running VM; QEMU is killed when this is dropped (unless detached).
 #[derive(Debug)]
 pub struct Vm {
     guard: Guard,
     stderr: PathBuf,
+    /// The command line, program first (what a lab VM's `argv.json` records).
+    argv: Vec<String>,
 }
 
 /// The QEMU arguments for `spec` (without the program). `vars` is the VM's private copy of
@@ -240,8 +243,9 @@ pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>) -> anyhow::Result<Vec<String
 }
 
 impl Vm {
-    /// Starts QEMU.
-    pub fn start(spec: &VmSpec<'_>) -> anyhow::Result<Self> {
+    /// Starts QEMU with `extra` arguments after [`args`]'s (`lab run`: `-uuid`; `lab clone`:
+    /// vmgenid, QMP, `-incoming`).
+    pub fn start_with(spec: &VmSpec<'_>, extra: &[String]) -> anyhow::Result<Self> {
         let vars = match spec.firmware {
             Firmware::Efi => {
                 for f in [OVMF_CODE, OVMF_VARS] {
@@ -262,7 +266,8 @@ impl Vm {
                 None
             }
         };
-        let args = args(spec, vars.as_deref())?;
+        let mut args = args(spec, vars.as_deref())?;
+        args.extend_from_slice(extra);
         let stderr = spec.work.join("qemu.stderr");
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(&args).stderr(fs::File::create(&stderr)?);
@@ -272,7 +277,29 @@ impl Vm {
             cmd.stdin(Stdio::null()).stdout(Stdio::null());
         }
         let child = cmd.spawn().context("starting qemu-system-x86_64 (Debian qemu-system-x86)")?;
-        Ok(Self { guard: Guard(Some(child)), stderr })
+        let argv = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        Ok(Self { guard: Guard(Some(child)), stderr, argv })
+    }
+
+    /// The command line QEMU runs, program first.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.guard.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Leaves QEMU running after this process ends and returns its pid. The child is not
+    /// waited for: when this process exits, init adopts and reaps it.
+    pub fn detach(mut self) -> u32 {
+        let pid = self.pid();
+        drop(self.guard.0.take());
+        pid
     }
 
     /// The exit status if QEMU has exited.

@@ -448,6 +448,28 @@ impl VmBuilder {
 
     /// Builds the envelope.
     pub fn build(self) -> Envelope {
+        let (files, disk_section) = self.disk_section();
+        let sections = vec![disk_section, self.network_section()];
+        let vs_sections = self.system_sections();
+        Envelope {
+            ovf_ns: OVF_NS.to_string(),
+            ns_decls: write::standard_decls(OVF_NS),
+            references: Some(References { files, extra: Extra::default() }),
+            sections,
+            content: Some(Content::System(VirtualSystem {
+                id: Some(self.name.clone()),
+                info: Some("A virtual machine".into()),
+                name: Some(Msg::new(self.name.as_str())),
+                sections: vs_sections,
+                extra: Extra::default(),
+            })),
+            trailing: Vec::new(),
+            extra: Extra::default(),
+        }
+    }
+
+    /// The files and the DiskSection: one streamOptimized VMDK per disk.
+    fn disk_section(&self) -> (Vec<File>, Section) {
         let mut files = Vec::new();
         let mut disks = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
@@ -471,19 +493,23 @@ impl VmBuilder {
                 extra: Extra::default(),
             });
         }
-        let mut sections = Vec::new();
-        sections.push(Section::Disk(DiskSection {
+        let section = Section::Disk(DiskSection {
             info: Some("Virtual disk information".into()),
             disks,
             extra: Extra::default(),
-        }));
+        });
+        (files, section)
+    }
+
+    /// The NetworkSection: each network the NICs connect to, once, in NIC order.
+    fn network_section(&self) -> Section {
         let mut network_names: Vec<&str> = Vec::new();
         for n in &self.nics {
             if !network_names.contains(&n.network.as_str()) {
                 network_names.push(&n.network);
             }
         }
-        sections.push(Section::Network(NetworkSection {
+        Section::Network(NetworkSection {
             info: Some("The list of logical networks".into()),
             networks: network_names
                 .iter()
@@ -494,8 +520,11 @@ impl VmBuilder {
                 })
                 .collect(),
             extra: Extra::default(),
-        }));
+        })
+    }
 
+    /// The VirtualSystem's sections: OS, hardware, product, annotation, EULA.
+    fn system_sections(&self) -> Vec<Section> {
         let mut vs_sections = vec![Section::OperatingSystem(OperatingSystemSection {
             id: Some(self.os_id.to_string()),
             version: None,
@@ -537,101 +566,14 @@ impl VmBuilder {
                 extra: Extra::default(),
             }));
         }
-        Envelope {
-            ovf_ns: OVF_NS.to_string(),
-            ns_decls: write::standard_decls(OVF_NS),
-            references: Some(References { files, extra: Extra::default() }),
-            sections,
-            content: Some(Content::System(VirtualSystem {
-                id: Some(self.name.clone()),
-                info: Some("A virtual machine".into()),
-                name: Some(Msg::new(self.name.as_str())),
-                sections: vs_sections,
-                extra: Extra::default(),
-            })),
-            trailing: Vec::new(),
-            extra: Extra::default(),
-        }
+        vs_sections
     }
 
     fn hardware(&self) -> VirtualHardwareSection {
-        let mut items = Vec::new();
-        let mut next_id = 1u32;
-        let mut item = |rt: u32, name: &str, f: &mut dyn FnMut(&mut CimFields)| -> u32 {
-            let id = next_id;
-            next_id += 1;
-            let mut fields = CimFields::default();
-            rasd(&mut fields, "ElementName", name);
-            rasd(&mut fields, "InstanceID", &id.to_string());
-            rasd(&mut fields, "ResourceType", &rt.to_string());
-            f(&mut fields);
-            items.push(Item { fields, ..Item::default() });
-            id
-        };
-        let cpus = self.cpus;
-        let cores = self.cores_per_socket;
-        item(resource_type::PROCESSOR, &format!("{cpus} virtual CPU(s)"), &mut |f| {
-            rasd(f, "AllocationUnits", "hertz * 10^6");
-            rasd(f, "Description", "Number of Virtual CPUs");
-            rasd(f, "VirtualQuantity", &cpus.to_string());
-            if let Some(c) = cores {
-                let mut e = Element::new(Name::new(VMW_NS, Some("vmw"), "CoresPerSocket"))
-                    .with_text(c.to_string());
-                e.attrs.push(Attr {
-                    name: Name::new(OVF_NS, Some("ovf"), "required"),
-                    value: "false".into(),
-                });
-                f.extra.elements.push(e);
-            }
-        });
-        let mem = self.memory_mib;
-        item(resource_type::MEMORY, &format!("{mem}MB of memory"), &mut |f| {
-            rasd(f, "AllocationUnits", "byte * 2^20");
-            rasd(f, "Description", "Memory Size");
-            rasd(f, "VirtualQuantity", &mem.to_string());
-        });
-        let scsi = self.scsi;
-        let scsi_id = (!self.disks.is_empty()).then(|| {
-            item(resource_type::SCSI_CONTROLLER, "SCSI Controller 0", &mut |f| {
-                rasd(f, "Address", "0");
-                rasd(f, "Description", "SCSI Controller");
-                rasd(f, "ResourceSubType", scsi.subtype());
-            })
-        });
-        let ide_id = self.cdrom.then(|| {
-            item(resource_type::IDE_CONTROLLER, "IDE Controller 1", &mut |f| {
-                rasd(f, "Address", "1");
-                rasd(f, "Description", "IDE Controller");
-            })
-        });
-        for (i, _) in self.disks.iter().enumerate() {
-            let parent = scsi_id.unwrap_or(0).to_string();
-            item(resource_type::DISK_DRIVE, &format!("Hard Disk {}", i + 1), &mut |f| {
-                rasd(f, "AddressOnParent", &i.to_string());
-                rasd(f, "HostResource", &format!("ovf:/disk/vmdisk{}", i + 1));
-                rasd(f, "Parent", &parent);
-            });
-        }
-        if let Some(ide) = ide_id {
-            item(resource_type::CD_DRIVE, "CD/DVD Drive 1", &mut |f| {
-                rasd(f, "AddressOnParent", "0");
-                rasd(f, "AutomaticAllocation", "false");
-                rasd(f, "Parent", &ide.to_string());
-                rasd(f, "ResourceSubType", "vmware.cdrom.remotepassthrough");
-            });
-        }
-        for (i, n) in self.nics.iter().enumerate() {
-            item(
-                resource_type::ETHERNET_ADAPTER,
-                &format!("Network adapter {}", i + 1),
-                &mut |f| {
-                    rasd(f, "AddressOnParent", &(7 + i).to_string());
-                    rasd(f, "AutomaticAllocation", "true");
-                    rasd(f, "Connection", &n.network);
-                    rasd(f, "ResourceSubType", n.ty.subtype());
-                },
-            );
-        }
+        let mut items = Items::default();
+        self.compute_items(&mut items);
+        self.storage_items(&mut items);
+        self.nic_items(&mut items);
         let mut system = CimFields::default();
         let vssd = |f: &mut CimFields, k: &str, v: &str| f.set(VSSD_NS, "vssd", k, v);
         vssd(&mut system, "ElementName", "Virtual Hardware Family");
@@ -654,11 +596,112 @@ impl VmBuilder {
             transport: self.transport.clone(),
             info: Some("Virtual hardware requirements".into()),
             system: Some(system),
-            items,
+            items: items.items,
             configs,
             extra_configs: self.extra_configs.clone(),
             extra: Extra::default(),
         }
+    }
+}
+
+impl VmBuilder {
+    /// The CPU and memory items.
+    fn compute_items(&self, items: &mut Items) {
+        let cpus = self.cpus;
+        let cores = self.cores_per_socket;
+        items.add(resource_type::PROCESSOR, &format!("{cpus} virtual CPU(s)"), &mut |f| {
+            rasd(f, "AllocationUnits", "hertz * 10^6");
+            rasd(f, "Description", "Number of Virtual CPUs");
+            rasd(f, "VirtualQuantity", &cpus.to_string());
+            if let Some(c) = cores {
+                let mut e = Element::new(Name::new(VMW_NS, Some("vmw"), "CoresPerSocket"))
+                    .with_text(c.to_string());
+                e.attrs.push(Attr {
+                    name: Name::new(OVF_NS, Some("ovf"), "required"),
+                    value: "false".into(),
+                });
+                f.extra.elements.push(e);
+            }
+        });
+        let mem = self.memory_mib;
+        items.add(resource_type::MEMORY, &format!("{mem}MB of memory"), &mut |f| {
+            rasd(f, "AllocationUnits", "byte * 2^20");
+            rasd(f, "Description", "Memory Size");
+            rasd(f, "VirtualQuantity", &mem.to_string());
+        });
+    }
+
+    /// The SCSI controller (with disks), the IDE controller (with a CD-ROM), the disks and the
+    /// CD-ROM drive.
+    fn storage_items(&self, items: &mut Items) {
+        let scsi = self.scsi;
+        let scsi_id = (!self.disks.is_empty()).then(|| {
+            items.add(resource_type::SCSI_CONTROLLER, "SCSI Controller 0", &mut |f| {
+                rasd(f, "Address", "0");
+                rasd(f, "Description", "SCSI Controller");
+                rasd(f, "ResourceSubType", scsi.subtype());
+            })
+        });
+        let ide_id = self.cdrom.then(|| {
+            items.add(resource_type::IDE_CONTROLLER, "IDE Controller 1", &mut |f| {
+                rasd(f, "Address", "1");
+                rasd(f, "Description", "IDE Controller");
+            })
+        });
+        for (i, _) in self.disks.iter().enumerate() {
+            let parent = scsi_id.unwrap_or(0).to_string();
+            items.add(resource_type::DISK_DRIVE, &format!("Hard Disk {}", i + 1), &mut |f| {
+                rasd(f, "AddressOnParent", &i.to_string());
+                rasd(f, "HostResource", &format!("ovf:/disk/vmdisk{}", i + 1));
+                rasd(f, "Parent", &parent);
+            });
+        }
+        if let Some(ide) = ide_id {
+            items.add(resource_type::CD_DRIVE, "CD/DVD Drive 1", &mut |f| {
+                rasd(f, "AddressOnParent", "0");
+                rasd(f, "AutomaticAllocation", "false");
+                rasd(f, "Parent", &ide.to_string());
+                rasd(f, "ResourceSubType", "vmware.cdrom.remotepassthrough");
+            });
+        }
+    }
+
+    /// One Ethernet adapter per NIC.
+    fn nic_items(&self, items: &mut Items) {
+        for (i, n) in self.nics.iter().enumerate() {
+            items.add(
+                resource_type::ETHERNET_ADAPTER,
+                &format!("Network adapter {}", i + 1),
+                &mut |f| {
+                    rasd(f, "AddressOnParent", &(7 + i).to_string());
+                    rasd(f, "AutomaticAllocation", "true");
+                    rasd(f, "Connection", &n.network);
+                    rasd(f, "ResourceSubType", n.ty.subtype());
+                },
+            );
+        }
+    }
+}
+
+/// The hardware items being built, numbered from InstanceID 1 in the order they are added.
+#[derive(Default)]
+struct Items {
+    items: Vec<Item>,
+    next_id: u32,
+}
+
+impl Items {
+    /// Adds an item of ResourceType `rt` and returns its InstanceID.
+    fn add(&mut self, rt: u32, name: &str, f: &mut dyn FnMut(&mut CimFields)) -> u32 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut fields = CimFields::default();
+        rasd(&mut fields, "ElementName", name);
+        rasd(&mut fields, "InstanceID", &id.to_string());
+        rasd(&mut fields, "ResourceType", &rt.to_string());
+        f(&mut fields);
+        self.items.push(Item { fields, ..Item::default() });
+        id
     }
 }
 

@@ -238,10 +238,39 @@ pub fn validate(env: &Envelope, opts: &Options) -> Vec<Diagnostic> {
     v.out
 }
 
-impl V<'_> {
+impl<'a> V<'a> {
     fn envelope(&mut self) {
         let env = self.env;
-        // References.
+        let file_ids = self.references();
+        let (disk_ids, config_ids, networks) = self.envelope_sections();
+        for disk in env.disks() {
+            self.disk(disk, &disk_ids);
+        }
+
+        let cx = RefCx {
+            files: file_ids.keys().copied().collect(),
+            disks: disk_ids.keys().copied().collect(),
+            configs: config_ids,
+            networks,
+        };
+        match &env.content {
+            None => self.warn(
+                env.extra.line,
+                "Envelope",
+                "no VirtualSystem or VirtualSystemCollection: nothing to deploy".into(),
+            ),
+            Some(c) => {
+                let mut ids = HashMap::new();
+                self.content(c, &cx, &mut ids);
+            }
+        }
+        self.trailing_content();
+    }
+
+    /// `References`: unique, non-empty ids and hrefs that an OVA can hold; the file ids by
+    /// their line.
+    fn references(&mut self) -> HashMap<&'a str, Line> {
+        let env = self.env;
         let mut file_ids: HashMap<&str, Line> = HashMap::new();
         let mut hrefs: HashMap<&str, Line> = HashMap::new();
         for f in env.files() {
@@ -289,7 +318,15 @@ impl V<'_> {
             }
         }
 
-        // Envelope-level sections.
+        file_ids
+    }
+
+    /// The envelope-level sections: disk ids, configuration ids and network names (each
+    /// declared once), and sections that belong inside a VirtualSystem.
+    fn envelope_sections(
+        &mut self,
+    ) -> (HashMap<&'a str, Line>, HashSet<&'a str>, HashSet<&'a str>) {
+        let env = self.env;
         let mut disk_ids: HashMap<&str, Line> = HashMap::new();
         let mut config_ids: HashSet<&str> = HashSet::new();
         let mut networks: HashSet<&str> = HashSet::new();
@@ -357,27 +394,12 @@ impl V<'_> {
                 Section::Other(e) => self.stray(e),
             }
         }
-        for disk in env.disks() {
-            self.disk(disk, &disk_ids);
-        }
+        (disk_ids, config_ids, networks)
+    }
 
-        let cx = RefCx {
-            files: file_ids.keys().copied().collect(),
-            disks: disk_ids.keys().copied().collect(),
-            configs: config_ids,
-            networks,
-        };
-        match &env.content {
-            None => self.warn(
-                env.extra.line,
-                "Envelope",
-                "no VirtualSystem or VirtualSystemCollection: nothing to deploy".into(),
-            ),
-            Some(c) => {
-                let mut ids = HashMap::new();
-                self.content(c, &cx, &mut ids);
-            }
-        }
+    /// A second content element after the first (the model keeps it as trailing XML).
+    fn trailing_content(&mut self) {
+        let env = self.env;
         for t in &env.trailing {
             if matches!(
                 t.name.local.as_str(),
@@ -392,7 +414,9 @@ impl V<'_> {
             }
         }
     }
+}
 
+impl V<'_> {
     fn disk(&mut self, disk: &Disk, disk_ids: &HashMap<&str, Line>) {
         let line = disk.extra.line;
         let id = &disk.disk_id;
@@ -721,6 +745,14 @@ impl V<'_> {
             Some(id) => format!("InstanceID {id}"),
             None => "item".to_string(),
         };
+        let rt = self.item_type(item, line, el, &who);
+        self.item_parent(item, ids, line, el, &who);
+        self.item_references(item, cx, line, el, &who);
+        self.item_quantities(item, rt, line, el, &who);
+    }
+
+    /// ResourceType (a number vSphere supports) and ResourceSubType; the type, if it parses.
+    fn item_type(&mut self, item: &Item, line: Line, el: &str, who: &str) -> Option<u32> {
         // StorageItem/EthernetPortItem (OVF 2) carry their type in their element name.
         let rt_field = item.fields.get("ResourceType");
         let rt = match rt_field {
@@ -759,6 +791,19 @@ impl V<'_> {
                 );
             }
         }
+        rt
+    }
+
+    /// Parent: the InstanceID of another item of the section (vSphere adds a missing NVDIMM
+    /// controller itself).
+    fn item_parent(
+        &mut self,
+        item: &Item,
+        ids: &HashMap<&str, (Line, Option<&str>)>,
+        line: Line,
+        el: &str,
+        who: &str,
+    ) {
         if let Some(p) = item.parent() {
             let nvdimm = item
                 .resource_subtype()
@@ -780,6 +825,11 @@ impl V<'_> {
                 self.error(line, el, format!("{who} is its own Parent"));
             }
         }
+    }
+
+    /// HostResource, Connection and ovf:configuration name a disk, file, network or
+    /// configuration the envelope declares.
+    fn item_references(&mut self, item: &Item, cx: &RefCx, line: Line, el: &str, who: &str) {
         for hr in item.host_resources() {
             if let Some(d) = hr.strip_prefix("ovf:/disk/") {
                 if !cx.disks.contains(d) {
@@ -819,6 +869,10 @@ impl V<'_> {
                 }
             }
         }
+    }
+
+    /// Memory units and CPU/memory quantities that vSphere reads as numbers.
+    fn item_quantities(&mut self, item: &Item, rt: Option<u32>, line: Line, el: &str, who: &str) {
         if rt == Some(4) {
             if let Some(u) = item.fields.get("AllocationUnits") {
                 if parse_byte_units(u).is_none() {

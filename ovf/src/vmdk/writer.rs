@@ -105,13 +105,7 @@ pub fn write_stream_optimized<R: Read, W: Write>(
     opts: &WriteOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<WriteSummary, VmdkError> {
-    let level = CompressionLvl::new(opts.compression_level as i32)
-        .ok()
-        .filter(|_| opts.compression_level >= 1)
-        .ok_or_else(|| VmdkError::InvalidOption {
-            option: "compression_level",
-            reason: format!("{} is not a level 1..12", opts.compression_level),
-        })?;
+    let level = compression_level(opts)?;
     let capacity_sectors = input_len.div_ceil(SECTOR);
     if capacity_sectors > MAX_CAPACITY_SECTORS {
         return Err(VmdkError::TooLarge { what: "capacity", value: input_len });
@@ -119,7 +113,69 @@ pub fn write_stream_optimized<R: Read, W: Write>(
     let capacity = capacity_sectors * SECTOR;
     let total_grains = capacity_sectors.div_ceil(GRAIN_SECTORS);
     let num_gts = total_grains.div_ceil(GTES_PER_GT);
+    let descriptor = descriptor_text(opts, capacity_sectors)?;
+    let mut header = stream_header(capacity_sectors);
 
+    let mut sink = Sink {
+        out,
+        written: 0,
+        gt: vec![0u32; GTES_PER_GT as usize],
+        gt_index: 0,
+        gd: Vec::with_capacity(num_gts as usize),
+        data_grains: 0,
+        zero_grains: 0,
+    };
+    sink.put(&header.encode())?;
+    let mut meta = vec![0u8; ((OVERHEAD_SECTORS - 1) * SECTOR) as usize];
+    meta[..descriptor.len()].copy_from_slice(descriptor.as_bytes());
+    sink.put(&meta)?;
+
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let max_in_flight = 2 * threads + 2;
+
+    std::thread::scope(|scope| -> Result<(), VmdkError> {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(max_in_flight);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Result<Done, VmdkError>>();
+        for _ in 0..threads {
+            let job_rx = Arc::clone(&job_rx);
+            let done_tx = done_tx.clone();
+            scope.spawn(move || compress_worker(level, &job_rx, &done_tx));
+        }
+        drop(done_tx);
+        // `job_tx` and `done_rx` move in, so an early error drops them and the workers wind
+        // down before the scope joins them.
+        let stream = Stream { input: &mut input, input_len, capacity, max_in_flight };
+        stream.pump(job_tx, done_rx, &mut sink, progress)?;
+        finish(&mut sink, &mut header, num_gts)
+    })?;
+
+    Ok(WriteSummary {
+        capacity,
+        written: sink.written,
+        data_grains: sink.data_grains,
+        zero_grains: sink.zero_grains,
+    })
+}
+
+/// The libdeflate level of `opts`, refused outside 1..=12.
+fn compression_level(opts: &WriteOptions) -> Result<CompressionLvl, VmdkError> {
+    CompressionLvl::new(opts.compression_level as i32)
+        .ok()
+        .filter(|_| opts.compression_level >= 1)
+        .ok_or_else(|| VmdkError::InvalidOption {
+            option: "compression_level",
+            reason: format!("{} is not a level 1..12", opts.compression_level),
+        })
+}
+
+/// The embedded descriptor, with the CID and long content id derived from the capacity and
+/// the extent name unless `opts` sets them (so outputs are reproducible).
+fn descriptor_text(opts: &WriteOptions, capacity_sectors: u64) -> Result<String, VmdkError> {
+    let capacity = capacity_sectors * SECTOR;
     let cid = opts.cid.unwrap_or_else(|| {
         let h = fnv1a(&[&capacity.to_le_bytes(), opts.extent_name.as_bytes()]) as u32;
         // ffffffff / fffffffe read as "no parent" / "disk of zeros" to some tools.
@@ -149,8 +205,12 @@ pub fn write_stream_optimized<R: Read, W: Write>(
             reason: "the descriptor does not fit in 20 sectors".to_string(),
         });
     }
+    Ok(descriptor)
+}
 
-    let mut header = SparseHeader {
+/// The stream header: grain directory at the end (the footer repeats it with the real offset).
+fn stream_header(capacity_sectors: u64) -> SparseHeader {
+    SparseHeader {
         version: 3,
         flags: STREAM_FLAGS,
         capacity: capacity_sectors,
@@ -163,130 +223,120 @@ pub fn write_stream_optimized<R: Read, W: Write>(
         overhead: OVERHEAD_SECTORS,
         unclean_shutdown: false,
         compress_algorithm: COMPRESS_DEFLATE,
-    };
+    }
+}
 
-    let mut sink = Sink {
-        out,
-        written: 0,
-        gt: vec![0u32; GTES_PER_GT as usize],
-        gt_index: 0,
-        gd: Vec::with_capacity(num_gts as usize),
-        data_grains: 0,
-        zero_grains: 0,
-    };
-    sink.put(&header.encode())?;
-    let mut meta = vec![0u8; ((OVERHEAD_SECTORS - 1) * SECTOR) as usize];
-    meta[..descriptor.len()].copy_from_slice(descriptor.as_bytes());
-    sink.put(&meta)?;
-
-    let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let max_in_flight = 2 * threads + 2;
-
-    std::thread::scope(|scope| -> Result<(), VmdkError> {
-        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(max_in_flight);
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = mpsc::channel::<Result<Done, VmdkError>>();
-        for _ in 0..threads {
-            let job_rx = Arc::clone(&job_rx);
-            let done_tx = done_tx.clone();
-            scope.spawn(move || {
-                let mut c = Compressor::new(level);
-                loop {
-                    // The lock is held only to take one job; a poisoned lock means another
-                    // worker panicked, and the scope will propagate that panic.
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    if done_tx.send(compress_job(job, &mut c)).is_err() {
-                        return;
-                    }
-                }
-            });
+/// One compression thread: takes jobs until the channel closes or the writer is gone.
+fn compress_worker(
+    level: CompressionLvl,
+    job_rx: &Mutex<mpsc::Receiver<Job>>,
+    done_tx: &mpsc::Sender<Result<Done, VmdkError>>,
+) {
+    let mut c = Compressor::new(level);
+    loop {
+        // The lock is held only to take one job; a poisoned lock means another
+        // worker panicked, and the scope will propagate that panic.
+        let job = match job_rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        if done_tx.send(compress_job(job, &mut c)).is_err() {
+            return;
         }
-        drop(done_tx);
+    }
+}
 
-        let sink = &mut sink;
-        let header = &mut header;
-        let input = &mut input;
-        // The producer/consumer loop. `job_tx` and `done_rx` move in, so an early error drops
-        // them and the workers wind down before the scope joins them.
-        let mut run = move || -> Result<(), VmdkError> {
-            let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-            let mut next_seq = 0u64; // next chunk to write
-            let mut sent = 0u64;
-            let mut read = 0u64; // capacity bytes handed out
-            let mut consumed = 0u64; // input bytes read
-            let chunk_bytes = (CHUNK_GRAINS * GRAIN_BYTES) as u64;
-            let mut written_input = 0u64;
-            loop {
-                let more = read < capacity;
-                if more && sent - next_seq < max_in_flight as u64 {
-                    let len = (capacity - read).min(chunk_bytes) as usize;
-                    let mut data = vec![0u8; len];
-                    let want = (input_len - consumed).min(len as u64) as usize;
-                    read_full(input, &mut data[..want], consumed, input_len)?;
-                    consumed += want as u64;
-                    let job = Job { seq: sent, first_grain: read / GRAIN_BYTES as u64, data };
-                    read += len as u64;
-                    sent += 1;
-                    if job_tx.send(job).is_err() {
-                        // Every worker is gone: one of them panicked; the scope re-raises it.
-                        return Err(VmdkError::Worker);
-                    }
-                    // Write whatever is ready without waiting.
-                    while let Ok(done) = done_rx.try_recv() {
-                        let done = done?;
-                        pending.insert(done.seq, done);
-                    }
-                } else if next_seq == sent {
-                    break;
-                } else {
-                    let done = done_rx.recv().map_err(|_| VmdkError::Worker)??;
+/// The input side of the producer/consumer loop.
+struct Stream<'a, R> {
+    input: &'a mut R,
+    input_len: u64,
+    capacity: u64,
+    max_in_flight: usize,
+}
+
+impl<R: Read> Stream<'_, R> {
+    /// Reads 1 MiB chunks, hands them to the workers (at most `max_in_flight` at a time), and
+    /// writes the compressed grains in input order as they come back.
+    fn pump<W: Write>(
+        self,
+        job_tx: mpsc::SyncSender<Job>,
+        done_rx: mpsc::Receiver<Result<Done, VmdkError>>,
+        sink: &mut Sink<W>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), VmdkError> {
+        let Stream { input, input_len, capacity, max_in_flight } = self;
+        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut next_seq = 0u64; // next chunk to write
+        let mut sent = 0u64;
+        let mut read = 0u64; // capacity bytes handed out
+        let mut consumed = 0u64; // input bytes read
+        let chunk_bytes = (CHUNK_GRAINS * GRAIN_BYTES) as u64;
+        let mut written_input = 0u64;
+        loop {
+            let more = read < capacity;
+            if more && sent - next_seq < max_in_flight as u64 {
+                let len = (capacity - read).min(chunk_bytes) as usize;
+                let mut data = vec![0u8; len];
+                let want = (input_len - consumed).min(len as u64) as usize;
+                read_full(input, &mut data[..want], consumed, input_len)?;
+                consumed += want as u64;
+                let job = Job { seq: sent, first_grain: read / GRAIN_BYTES as u64, data };
+                read += len as u64;
+                sent += 1;
+                if job_tx.send(job).is_err() {
+                    // Every worker is gone: one of them panicked; the scope re-raises it.
+                    return Err(VmdkError::Worker);
+                }
+                // Write whatever is ready without waiting.
+                while let Ok(done) = done_rx.try_recv() {
+                    let done = done?;
                     pending.insert(done.seq, done);
                 }
-                while let Some(done) = pending.remove(&next_seq) {
-                    written_input += done.input_len;
-                    sink.grains(done)?;
-                    next_seq += 1;
-                    progress(Progress {
-                        read: written_input.min(input_len),
-                        total: input_len,
-                        written: sink.written,
-                    });
-                }
+            } else if next_seq == sent {
+                break;
+            } else {
+                let done = done_rx.recv().map_err(|_| VmdkError::Worker)??;
+                pending.insert(done.seq, done);
             }
-            // Grain tables after the last grain (including those of an all-zero tail).
-            while sink.gt_index < num_gts {
-                sink.flush_gt()?;
+            while let Some(done) = pending.remove(&next_seq) {
+                written_input += done.input_len;
+                sink.grains(done)?;
+                next_seq += 1;
+                progress(Progress {
+                    read: written_input.min(input_len),
+                    total: input_len,
+                    written: sink.written,
+                });
             }
-            let gd_sectors = (num_gts * 4).div_ceil(SECTOR);
-            sink.put(&metadata_marker(gd_sectors, MARKER_GD))?;
-            header.gd_offset = sink.written / SECTOR;
-            let mut gd = vec![0u8; (gd_sectors * SECTOR) as usize];
-            for (i, e) in sink.gd.iter().enumerate() {
-                gd[i * 4..i * 4 + 4].copy_from_slice(&e.to_le_bytes());
-            }
-            sink.put(&gd)?;
-            sink.put(&metadata_marker(1, MARKER_FOOTER))?;
-            sink.put(&header.encode())?;
-            sink.put(&metadata_marker(0, MARKER_EOS))?;
-            sink.out.flush().map_err(VmdkError::Write)?;
-            Ok(())
-        };
-        run()
-    })?;
+        }
+        Ok(())
+    }
+}
 
-    Ok(WriteSummary {
-        capacity,
-        written: sink.written,
-        data_grains: sink.data_grains,
-        zero_grains: sink.zero_grains,
-    })
+/// After the last grain: the remaining grain tables (those of an all-zero tail too), the grain
+/// directory, the footer (the header with the directory's real offset) and end-of-stream.
+fn finish<W: Write>(
+    sink: &mut Sink<W>,
+    header: &mut SparseHeader,
+    num_gts: u64,
+) -> Result<(), VmdkError> {
+    while sink.gt_index < num_gts {
+        sink.flush_gt()?;
+    }
+    let gd_sectors = (num_gts * 4).div_ceil(SECTOR);
+    sink.put(&metadata_marker(gd_sectors, MARKER_GD))?;
+    header.gd_offset = sink.written / SECTOR;
+    let mut gd = vec![0u8; (gd_sectors * SECTOR) as usize];
+    for (i, e) in sink.gd.iter().enumerate() {
+        gd[i * 4..i * 4 + 4].copy_from_slice(&e.to_le_bytes());
+    }
+    sink.put(&gd)?;
+    sink.put(&metadata_marker(1, MARKER_FOOTER))?;
+    sink.put(&header.encode())?;
+    sink.put(&metadata_marker(0, MARKER_EOS))?;
+    sink.out.flush().map_err(VmdkError::Write)?;
+    Ok(())
 }
 
 struct Job {

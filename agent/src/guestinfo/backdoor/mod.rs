@@ -56,6 +56,18 @@ impl<P: Port + Send + std::fmt::Debug> Backdoor<P> {
         self.access
     }
 
+    /// Sends one RPCI command other than `info-get`/`info-set` (`instantclone.freeze`) and
+    /// returns the host's reply text when it succeeded.
+    pub fn command(&self, command: &'static str) -> Result<String, GuestinfoError> {
+        let (ok, reply) = self.rpc(command.as_bytes())?;
+        let text: String = String::from_utf8_lossy(&reply).chars().take(200).collect();
+        if ok {
+            Ok(text)
+        } else {
+            Err(GuestinfoError::Refused { command, reply: text })
+        }
+    }
+
     fn rpc(&self, msg: &[u8]) -> Result<(bool, Vec<u8>), GuestinfoError> {
         let mut port = self.port.lock().unwrap_or_else(|e| e.into_inner());
         // A checkpoint (snapshot, vMotion) mid-message makes the host drop it; resend.
