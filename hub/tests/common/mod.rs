@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -45,7 +46,11 @@ impl HubProc {
             args.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        // A process group of its own: the stall test stops the hub (SIGSTOP), and a stopped
+        // member of the test runner's own group would expose the whole run (cargo, the
+        // shell) to the kernel's hangup of an orphaned group with stopped jobs.
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan-hub"))
+            .process_group(0)
             .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
