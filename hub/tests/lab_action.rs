@@ -45,6 +45,21 @@ fn cmdline(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ")
 }
 
+/// Starts `argv` and waits until its command line shows it: `spawn` can return while the child
+/// is still inside `execve` (glibc's `posix_spawn` resumes the parent once the new memory map is
+/// in place, before the arguments are copied in), and an empty `/proc/PID/cmdline` reads as a
+/// stale pid to the action.
+fn spawn_running(argv: &[&str]) -> Child {
+    let child = Command::new(argv[0]).args(&argv[1..]).spawn().unwrap();
+    let want = format!("{} ", argv.join(" "));
+    let t = std::time::Instant::now();
+    while cmdline(child.id()) != want {
+        assert!(t.elapsed() < Duration::from_secs(10), "{argv:?} did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
 /// Kills a process the action started (not our child: by pid).
 fn end(pid: u32) {
     let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
@@ -53,7 +68,7 @@ fn end(pid: u32) {
 #[tokio::test]
 async fn the_recorded_process_is_killed_and_its_command_line_started_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut old: Child = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut old: Child = spawn_running(&["sleep", "30"]);
     let vm = record(dir.path(), "iid-vm", r#"["sleep","30"]"#, Some(&format!("{}\n", old.id())));
     let r = act(dir.path(), &node("iid-vm", "")).await.unwrap();
     assert!(old.wait().unwrap().code().is_none(), "the old process was killed by a signal");
@@ -72,7 +87,7 @@ async fn the_recorded_process_is_killed_and_its_command_line_started_again() {
 async fn a_stale_pid_is_never_signalled() {
     let dir = tempfile::tempdir().unwrap();
     // qemu.pid names a live process that runs something else (the pid was reused).
-    let mut bystander = Command::new("sleep").arg("31").spawn().unwrap();
+    let mut bystander = spawn_running(&["sleep", "31"]);
     let vm =
         record(dir.path(), "iid-vm", r#"["sleep","30"]"#, Some(&format!("{}\n", bystander.id())));
     let r = act(dir.path(), &node("iid-vm", "")).await.unwrap();
