@@ -195,7 +195,9 @@ impl Net {
     fn netdev(&self) -> String {
         match self {
             Net::User => "user,id=net0".into(),
-            Net::Tap { ifname, .. } => format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
+            Net::Tap { ifname, .. } => {
+                format!("tap,id=net0,ifname={ifname},script=no,downscript=no")
+            }
         }
     }
 }
@@ -442,7 +444,10 @@ mod tests {
             user.iter().zip(&tapped).filter(|(a, b)| a != b).collect();
         assert_eq!(
             diff,
-            [(&"user,id=net0".to_string(), &"tap,id=net0,ifname=tap-cp-0,script=no,downscript=no".to_string())]
+            [(
+                &"user,id=net0".to_string(),
+                &"tap,id=net0,ifname=tap-cp-0,script=no,downscript=no".to_string()
+            )]
         );
         assert!(tapped.iter().any(|a| a == "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"));
     }

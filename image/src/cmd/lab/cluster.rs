@@ -156,9 +156,18 @@ fn print_report(r: &ops::Report, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for v in &r.vms {
-        println!("{:<24} {:<13} {:<11} ready after {:.1}s", v.name, format!("{:?}", v.role), v.ip, v.ready_seconds);
+        println!(
+            "{:<24} {:<13} {:<11} ready after {:.1}s",
+            v.name,
+            format!("{:?}", v.role),
+            v.ip,
+            v.ready_seconds
+        );
     }
-    println!("cluster {} ready in {:.1}s; VIP {} as 127.0.0.1:{}", r.name, r.seconds, r.vip, r.host_port);
+    println!(
+        "cluster {} ready in {:.1}s; VIP {} as 127.0.0.1:{}",
+        r.name, r.seconds, r.vip, r.host_port
+    );
     println!("kubeconfig {}", r.kubeconfig.display());
     Ok(())
 }
@@ -170,7 +179,12 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             let opts = options(&a.common, Some(&a.vm));
             let images = (a.lb_image.as_path(), a.node_image.as_path());
             let r = ops::create(&opts, &a.name, images, (a.control_planes, a.workers), &progress)
-                .map_err(|e| e.context(format!("creating lab cluster {} (`capstan lab cluster delete {}` cleans up)", a.name, a.name)))?;
+                .map_err(|e| {
+                e.context(format!(
+                    "creating lab cluster {} (`capstan lab cluster delete {}` cleans up)",
+                    a.name, a.name
+                ))
+            })?;
             print_report(&r, a.common.json)?;
         }
         ClusterCommand::Scale(a) => {
@@ -193,7 +207,13 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
             for x in l.iter().filter(|_| !c.json) {
                 let up = x.vms.iter().filter(|v| v.2).count();
-                println!("{:<20} VIP {} as 127.0.0.1:{:<5} {up}/{} VMs running", x.name, x.vip, x.host_port, x.vms.len());
+                println!(
+                    "{:<20} VIP {} as 127.0.0.1:{:<5} {up}/{} VMs running",
+                    x.name,
+                    x.vip,
+                    x.host_port,
+                    x.vms.len()
+                );
             }
         }
         ClusterCommand::Kubeconfig(a) => {
@@ -206,7 +226,7 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         }
         ClusterCommand::Forward(a) => {
             let l = std::net::TcpListener::bind(a.listen)?;
-            crate::lab::cluster::forward::serve(l, &a.netns, a.to)?;
+            lab::cluster::forward::serve(l, &a.netns, a.to)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -83,6 +83,7 @@ struct InitConfiguration<'a> {
     api_version: &'static str,
     kind: &'static str,
     bootstrap_tokens: Vec<BootstrapToken<'a>>,
+    #[serde(rename = "localAPIEndpoint")]
     local_api_endpoint: ApiEndpoint,
     node_registration: NodeRegistration,
 }
@@ -131,6 +132,7 @@ struct Discovery<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct JoinControlPlane {
+    #[serde(rename = "localAPIEndpoint")]
     local_api_endpoint: ApiEndpoint,
 }
 

@@ -88,8 +88,6 @@ mod tests {
             c.write_all(&buf.map(|b| b.to_ascii_uppercase())).unwrap();
         });
         rx.recv().unwrap();
-        // nothing answers on the host side of that address
-        assert!(TcpStream::connect_timeout(&target, Duration::from_millis(300)).is_err());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let ns3 = ns.clone();

@@ -38,7 +38,13 @@ pub fn settings(
     .collect()
 }
 
-fn curl(netns: &str, header: &Path, method: &str, url: &str, body: Option<&str>) -> anyhow::Result<String> {
+fn curl(
+    netns: &str,
+    header: &Path,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> anyhow::Result<String> {
     let mut c = net::command_in(netns, "curl");
     c.args(["-sS", "-k", "--max-time", "10", "--fail-with-body", "-X", method])
         .arg("-H")
@@ -52,14 +58,12 @@ fn curl(netns: &str, header: &Path, method: &str, url: &str, body: Option<&str>)
 }
 
 fn run(mut c: Command, what: &str) -> anyhow::Result<String> {
-    let out = c.output().with_context(|| format!("lb API {what}: starting curl (Debian package curl)"))?;
+    let out = c
+        .output()
+        .with_context(|| format!("lb API {what}: starting curl (Debian package curl)"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!(
-            "lb API {what}: {} {}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("lb API {what}: {} {}", text.trim(), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(text)
 }
@@ -75,7 +79,10 @@ pub fn wait_api(netns: &str, header: &Path, lb: Ipv4Addr, timeout: Duration) -> 
         match curl(netns, header, "GET", &base(lb), None) {
             Ok(_) => return Ok(()),
             Err(e) if started.elapsed() > timeout => {
-                return Err(e.context(format!("lb appliance {lb}: API not answering after {}s", timeout.as_secs())))
+                return Err(e.context(format!(
+                    "lb appliance {lb}: API not answering after {}s",
+                    timeout.as_secs()
+                )))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
@@ -83,13 +90,23 @@ pub fn wait_api(netns: &str, header: &Path, lb: Ipv4Addr, timeout: Duration) -> 
 }
 
 /// Adds `backend` to appliance `lb` (`POST /v1/backends`).
-pub fn add_backend(netns: &str, header: &Path, lb: Ipv4Addr, backend: SocketAddr) -> anyhow::Result<()> {
+pub fn add_backend(
+    netns: &str,
+    header: &Path,
+    lb: Ipv4Addr,
+    backend: SocketAddr,
+) -> anyhow::Result<()> {
     let body = serde_json::json!({ "address": backend.to_string() }).to_string();
     curl(netns, header, "POST", &base(lb), Some(&body)).map(drop)
 }
 
 /// Removes `backend` from appliance `lb` (`DELETE /v1/backends/IP:port`).
-pub fn remove_backend(netns: &str, header: &Path, lb: Ipv4Addr, backend: SocketAddr) -> anyhow::Result<()> {
+pub fn remove_backend(
+    netns: &str,
+    header: &Path,
+    lb: Ipv4Addr,
+    backend: SocketAddr,
+) -> anyhow::Result<()> {
     curl(netns, header, "DELETE", &format!("{}/{backend}", base(lb)), None).map(drop)
 }
 
@@ -100,7 +117,13 @@ mod tests {
 
     #[test]
     fn the_agent_accepts_every_setting() {
-        let s = settings(0, Ipv4Addr::new(10, 77, 0, 10), Ipv4Addr::new(10, 77, 0, 12), "s3cr3t!!", "a".repeat(32).as_str());
+        let s = settings(
+            0,
+            Ipv4Addr::new(10, 77, 0, 10),
+            Ipv4Addr::new(10, 77, 0, 12),
+            "s3cr3t99",
+            "a".repeat(32).as_str(),
+        );
         for (k, v) in &s {
             let key = k.strip_prefix("capstan.").unwrap();
             if key == "role" {

@@ -5,9 +5,9 @@
 //! decided by [`plan`], what exists is recorded by [`state`].
 
 pub mod cabpk;
+pub mod capv;
 pub mod forward;
 pub mod lb;
-pub mod capv;
 pub mod net;
 pub mod ops;
 pub mod pki;

@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(link[0]["master"], BRIDGE, "{link}");
         let addr = ip_json(&["-n", &ns, "addr", "show", BRIDGE]).unwrap();
         let a = &addr[0]["addr_info"];
-        assert!(a.as_array().unwrap().iter().any(|i| i["local"] == "10.77.0.1" && i["prefixlen"] == 24), "{addr}");
+        assert!(
+            a.as_array().unwrap().iter().any(|i| i["local"] == "10.77.0.1" && i["prefixlen"] == 24),
+            "{addr}"
+        );
         // nothing on the host: the taps and bridge live in the namespace only
         let host = ip_json(&["link", "show"]).unwrap();
         assert!(!host.to_string().contains("tap-cp-0"));
@@ -160,5 +163,4 @@ mod tests {
         assert!(!std::path::Path::new("/run/netns").join(&ns).exists());
         delete(&ns, Duration::from_secs(1)).unwrap();
     }
-
 }

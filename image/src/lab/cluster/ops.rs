@@ -157,7 +157,10 @@ fn start_forwarder(dir: &Path, netns: &str, port: u16, to: SocketAddr) -> anyhow
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if started.elapsed() > Duration::from_secs(5) {
-            bail!("the forwarder does not listen on 127.0.0.1:{port}; see {}/forward.log", dir.display());
+            bail!(
+                "the forwarder does not listen on 127.0.0.1:{port}; see {}/forward.log",
+                dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -191,7 +194,8 @@ impl Run<'_> {
         net::add_tap(&self.rec.netns, &v.tap)?;
         let (image, memory, userdata, guestinfo) = match (v.role, kind) {
             (Role::Lb, _) => {
-                let peer = self.lb_ips().into_iter().find(|ip| *ip != v.ip).context("the lb pair")?;
+                let peer =
+                    self.lb_ips().into_iter().find(|ip| *ip != v.ip).context("the lb pair")?;
                 let s = &self.secrets;
                 let gi = lb::settings(v.index, self.rec.vip, peer, &s.vrrp_secret, &s.lb_api_token);
                 (self.rec.lb_image.clone(), self.opts.lb_memory_mib, None, gi)
@@ -229,7 +233,9 @@ impl Run<'_> {
     }
 
     fn lb_ips(&self) -> Vec<std::net::Ipv4Addr> {
-        plan::plan(&self.rec.name, 1, 0).map(|p| p.of(Role::Lb).map(|l| l.ip).collect()).unwrap_or_default()
+        plan::plan(&self.rec.name, 1, 0)
+            .map(|p| p.of(Role::Lb).map(|l| l.ip).collect())
+            .unwrap_or_default()
     }
 
     /// Waits for `v`'s ready report and (control planes) registers it with the lb pair.
@@ -269,7 +275,11 @@ impl Run<'_> {
     }
 
     /// Starts `vms` together, then waits for each.
-    fn batch(&mut self, vms: &[VmPlan], kind: impl Fn(&VmPlan) -> Option<Kind>) -> anyhow::Result<()> {
+    fn batch(
+        &mut self,
+        vms: &[VmPlan],
+        kind: impl Fn(&VmPlan) -> Option<Kind>,
+    ) -> anyhow::Result<()> {
         let mut started = Vec::new();
         for v in vms {
             started.push((v.clone(), self.start(v, kind(v))?));
@@ -299,7 +309,9 @@ pub fn create(
     }
     let netns = name.netns();
     if net::exists(&netns)? {
-        bail!("network namespace {netns} exists already: `capstan lab cluster delete {name}` first");
+        bail!(
+            "network namespace {netns} exists already: `capstan lab cluster delete {name}` first"
+        );
     }
     let dir = state::create_dir(&opts.state_dir, name)?;
     let rec = ClusterRecord {
@@ -316,7 +328,8 @@ pub fn create(
     state::save(&dir, &rec)?;
     progress(&format!("cluster {name}: {} in {}, state {}", plan.vip, netns, dir.display()));
     let pki = pki::generate(&dir.join("pki"))?;
-    let secrets = Secrets { token: pki::new_token()?, lb_api_token: random(32)?, vrrp_secret: random(8)? };
+    let secrets =
+        Secrets { token: pki::new_token()?, lb_api_token: random(32)?, vrrp_secret: random(8)? };
     state::write_secret(&dir.join("secrets.json"), &serde_json::to_vec(&secrets)?)?;
     state::write_secret(
         &header_path(&dir),
@@ -324,15 +337,22 @@ pub fn create(
     )?;
     let ca_hash = pki::ca_cert_hash(&pki.ca.cert)?;
     let accel = resolve_accel(opts, &dir);
-    let mut run = Run { opts, dir, rec, secrets, pki, ca_hash, accel, clock, progress, report: Vec::new() };
+    let mut run =
+        Run { opts, dir, rec, secrets, pki, ca_hash, accel, clock, progress, report: Vec::new() };
     net::create(&netns, plan.bridge_ip, PREFIX)?;
     let port = forward::free_port()?;
     run.rec.forwarder_pid =
         Some(start_forwarder(&run.dir, &netns, port, SocketAddr::from((plan.vip, API_PORT)))?);
     run.rec.host_port = port;
     run.save()?;
-    state::write_secret(&kubeconfig_path(&run.dir), kubeconfig_text(name.as_str(), port, &run.pki).as_bytes())?;
-    progress(&format!("cluster {name}: 127.0.0.1:{port} forwards to {}, accel {accel:?}", plan.endpoint()));
+    state::write_secret(
+        &kubeconfig_path(&run.dir),
+        kubeconfig_text(name.as_str(), port, &run.pki).as_bytes(),
+    )?;
+    progress(&format!(
+        "cluster {name}: 127.0.0.1:{port} forwards to {}, accel {accel:?}",
+        plan.endpoint()
+    ));
     boot(&mut run, &plan)?;
     Ok(finish(run, Vec::new()))
 }
@@ -366,14 +386,29 @@ fn finish(run: Run<'_>, removed: Vec<String>) -> Report {
     }
 }
 
-fn open<'a>(opts: &'a Options, name: &ClusterName, progress: &'a dyn Fn(&str)) -> anyhow::Result<Run<'a>> {
+fn open<'a>(
+    opts: &'a Options,
+    name: &ClusterName,
+    progress: &'a dyn Fn(&str),
+) -> anyhow::Result<Run<'a>> {
     let (dir, rec) = state::load(&opts.state_dir, name)?;
     let secrets: Secrets = serde_json::from_slice(&std::fs::read(dir.join("secrets.json"))?)
         .with_context(|| format!("{}/secrets.json", dir.display()))?;
     let pki = pki::load(&dir.join("pki"))?;
     let ca_hash = pki::ca_cert_hash(&pki.ca.cert)?;
     let accel = resolve_accel(opts, &dir);
-    Ok(Run { opts, dir, rec, secrets, pki, ca_hash, accel, clock: Instant::now(), progress, report: Vec::new() })
+    Ok(Run {
+        opts,
+        dir,
+        rec,
+        secrets,
+        pki,
+        ca_hash,
+        accel,
+        clock: Instant::now(),
+        progress,
+        report: Vec::new(),
+    })
 }
 
 /// Stops one VM by its recorded pid (if it still runs the recorded command line) and
@@ -456,8 +491,13 @@ pub fn delete(opts: &Options, name: &ClusterName) -> anyhow::Result<Deleted> {
     // the forwarder and anything else left in the namespace end with it
     net::delete(&rec.netns, Duration::from_secs(5))?;
     if let Some(pid) = rec.forwarder_pid {
-        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(7).any(|w| w == b"forward")) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), nix::sys::signal::Signal::SIGKILL);
+        if std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.windows(7).any(|w| w == b"forward"))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -489,11 +529,18 @@ pub fn list(opts: &Options) -> anyhow::Result<Vec<Listed>> {
             .iter()
             .map(|v| {
                 let argv = crate::lab::state::read_argv(&v.dir).unwrap_or_default();
-                let up = v.pid.is_some_and(|p| !argv.is_empty() && crate::lab::state::runs(p, &argv));
+                let up =
+                    v.pid.is_some_and(|p| !argv.is_empty() && crate::lab::state::runs(p, &argv));
                 (v.plan.name.clone(), v.plan.role, up)
             })
             .collect();
-        out.push(Listed { name: name.to_string(), vip: rec.vip, host_port: rec.host_port, vms, kubeconfig: kubeconfig_path(&dir) });
+        out.push(Listed {
+            name: name.to_string(),
+            vip: rec.vip,
+            host_port: rec.host_port,
+            vms,
+            kubeconfig: kubeconfig_path(&dir),
+        });
     }
     Ok(out)
 }

@@ -75,7 +75,12 @@ pub fn generate(dir: &Path) -> anyhow::Result<Pki> {
     for name in FILES {
         let key = format!("{name}.key");
         // created 0600 before openssl writes into it
-        fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(dir.join(&key))?;
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(&key))?;
         openssl(&["genrsa", "-traditional", "-out", &key, "2048"], dir)?;
     }
     for name in ["ca", "etcd-ca", "front-proxy-ca"] {
@@ -206,18 +211,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 23);
         assert_eq!(&a[6..7], ".");
-        assert!(a.bytes().enumerate().all(|(i, c)| i == 6
-            || c.is_ascii_lowercase()
-            || c.is_ascii_digit()));
+        assert!(a
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| i == 6 || c.is_ascii_lowercase() || c.is_ascii_digit()));
         // the agent's own parser agrees
         assert!(capstan_agent::roles::kube::settings::KubeSettings::from_flat(
             capstan_agent::roles::RoleId::Worker,
             |k| match k {
                 "kube.endpoint" => Some("10.77.0.10"),
                 "kube.token" => Some(a.as_str()),
-                "kube.ca-cert-hash" => Some(
-                    "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-                ),
+                "kube.ca-cert-hash" =>
+                    Some("sha256:0000000000000000000000000000000000000000000000000000000000000000"),
                 _ => None,
             }
         )

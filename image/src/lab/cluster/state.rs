@@ -20,7 +20,7 @@ use super::plan::{ClusterName, Role, VmPlan};
 pub const RECORD: &str = "cluster.json";
 
 /// One VM of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmRecord {
     /// Name, role, MAC, address and tap, from the plan.
@@ -131,7 +131,8 @@ pub fn load(state_dir: &Path, name: &ClusterName) -> anyhow::Result<(PathBuf, Cl
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let r = serde_json::from_slice(&text).with_context(|| format!("{}: not a cluster record", path.display()))?;
+    let r = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a cluster record", path.display()))?;
     Ok((dir, r))
 }
 

@@ -71,7 +71,13 @@ fn guestinfo(b: &Boot<'_>) -> anyhow::Result<Vec<GuestinfoArg>> {
     }
     for g in &gi {
         if g.value.len() > lab::GUESTINFO_MAX {
-            bail!("{}: guestinfo.{} is {} bytes, vSphere allows {}", b.vm.name, g.key, g.value.len(), lab::GUESTINFO_MAX);
+            bail!(
+                "{}: guestinfo.{} is {} bytes, vSphere allows {}",
+                b.vm.name,
+                g.key,
+                g.value.len(),
+                lab::GUESTINFO_MAX
+            );
         }
     }
     Ok(gi)
@@ -111,7 +117,8 @@ pub fn start(b: &Boot<'_>) -> anyhow::Result<Started> {
     // `ip netns exec NS` execs QEMU: the process's command line (what `runs` compares) is
     // QEMU's own from there on
     let argv = vm.argv();
-    let qemu_argv = argv.iter().position(|a| a == "qemu-system-x86_64").map_or(argv, |i| &argv[i..]);
+    let qemu_argv =
+        argv.iter().position(|a| a == "qemu-system-x86_64").map_or(argv, |i| &argv[i..]);
     vmstate::write_argv(dir, qemu_argv)?;
     vmstate::write_pid(dir, vm.pid())?;
     Ok(Started { uuid, pid: vm.detach(), at, serial })
@@ -129,7 +136,11 @@ pub fn wait_ready(name: &str, s: &Started, timeout: Duration) -> anyhow::Result<
             return Ok(s.at.elapsed().as_secs_f64());
         }
         if !Path::new(&format!("/proc/{}", s.pid)).exists() || zombie(s.pid) {
-            bail!("{name}: QEMU (pid {}) exited before the ready report; see {}", s.pid, s.serial.display());
+            bail!(
+                "{name}: QEMU (pid {}) exited before the ready report; see {}",
+                s.pid,
+                s.serial.display()
+            );
         }
         if s.at.elapsed() > timeout {
             let lines: Vec<&str> = log.lines().collect();
