@@ -202,14 +202,10 @@ impl Net {
     }
 }
 
-/// The QEMU arguments for `spec` (without the program). `vars` is the VM's private copy of
-/// the UEFI variable store (`Firmware::Efi` only; SeaBIOS needs no arguments at all).
-pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    args_net(spec, vars, &Net::User)
-}
-
-/// [`args`] with the NIC on `net`.
-pub fn args_net(spec: &VmSpec<'_>, vars: Option<&Path>, net: &Net) -> anyhow::Result<Vec<String>> {
+/// The QEMU arguments for `spec` (without the program), the NIC on `net`. `vars` is the VM's
+/// private copy of the UEFI variable store (`Firmware::Efi` only; SeaBIOS needs no arguments
+/// at all).
+pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>, net: &Net) -> anyhow::Result<Vec<String>> {
     let esc = |p: &Path| p.display().to_string().replace(',', ",,");
     let accel = match spec.accel {
         Accel::Kvm => "kvm",
@@ -304,7 +300,7 @@ impl Vm {
                 None
             }
         };
-        let mut args = args_net(spec, vars.as_deref(), net)?;
+        let mut args = args(spec, vars.as_deref(), net)?;
         args.extend_from_slice(extra);
         let stderr = spec.work.join("qemu.stderr");
         let mut cmd = match net {
@@ -411,8 +407,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let gi = [GuestinfoArg { key: "metadata".into(), value: b"x".to_vec() }];
         let vars = t.path().join("OVMF_VARS.fd");
-        let efi = args(&spec(Firmware::Efi, t.path(), &gi), Some(&vars)).unwrap();
-        let bios = args(&spec(Firmware::Bios, t.path(), &gi), None).unwrap();
+        let efi = args(&spec(Firmware::Efi, t.path(), &gi), Some(&vars), &Net::User).unwrap();
+        let bios = args(&spec(Firmware::Bios, t.path(), &gi), None, &Net::User).unwrap();
         let pflash: Vec<&String> = efi.iter().filter(|a| a.starts_with("if=pflash")).collect();
         assert_eq!(pflash.len(), 2, "{efi:?}");
         assert!(pflash[0].contains(OVMF_CODE));
@@ -430,16 +426,16 @@ mod tests {
         assert_eq!(rest, bios.iter().collect::<Vec<_>>());
         assert!(bios.iter().any(|a| a == "scsi-cd,bus=scsi0.0,drive=cd0"));
         assert!(bios.iter().any(|a| a.starts_with("name=opt/capstan/guestinfo/metadata,file=")));
-        assert!(args(&spec(Firmware::Efi, t.path(), &gi), None).is_err());
+        assert!(args(&spec(Firmware::Efi, t.path(), &gi), None, &Net::User).is_err());
     }
 
     #[test]
     fn a_tap_nic_replaces_user_networking_and_nothing_else() {
         let t = tempfile::tempdir().unwrap();
         let s = spec(Firmware::Bios, t.path(), &[]);
-        let user = args(&s, None).unwrap();
+        let user = args(&s, None, &Net::User).unwrap();
         let tap = Net::Tap { netns: "capstan-lab".into(), ifname: "tap-cp-0".into() };
-        let tapped = args_net(&s, None, &tap).unwrap();
+        let tapped = args(&s, None, &tap).unwrap();
         let diff: Vec<(&String, &String)> =
             user.iter().zip(&tapped).filter(|(a, b)| a != b).collect();
         assert_eq!(

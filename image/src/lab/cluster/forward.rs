@@ -74,6 +74,7 @@ mod tests {
     fn the_host_port_reaches_a_listener_in_the_namespace() {
         let ns = format!("capstan-fwd-{}", std::process::id());
         let _ = net::delete(&ns, Duration::from_secs(1));
+        let _guard = net::tests::NsGuard(ns.clone());
         net::create(&ns, Ipv4Addr::new(10, 77, 0, 1), 24).unwrap();
         let target: SocketAddr = "10.77.0.1:16443".parse().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

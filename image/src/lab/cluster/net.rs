@@ -119,16 +119,25 @@ pub fn command_in(ns: &str, program: &str) -> Command {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::process::ExitStatusExt as _;
 
     use super::*;
+
+    /// Removes the test's namespace however the test ends.
+    pub(crate) struct NsGuard(pub String);
+    impl Drop for NsGuard {
+        fn drop(&mut self) {
+            let _ = delete(&self.0, Duration::from_secs(1));
+        }
+    }
 
     /// Real namespaces: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) as the lab does.
     #[test]
     fn create_tap_and_delete_leaves_nothing() {
         let ns = format!("capstan-test-{}", std::process::id());
         let _ = delete(&ns, Duration::from_secs(1));
+        let _guard = NsGuard(ns.clone());
         create(&ns, Ipv4Addr::new(10, 77, 0, 1), 24).unwrap();
         assert!(create(&ns, Ipv4Addr::new(10, 77, 0, 1), 24)
             .unwrap_err()

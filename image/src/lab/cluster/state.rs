@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(load(t.path(), &name).unwrap().1, r);
         let mode = fs::metadata(dir.join(RECORD)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(list(t.path()).unwrap(), [name.clone()]);
+        assert_eq!(list(t.path()).unwrap(), std::slice::from_ref(&name));
         assert_eq!(r.of(Role::Worker).count(), 1);
         let e = load(t.path(), &"other".parse().unwrap()).unwrap_err().to_string();
         assert!(e.starts_with("no lab cluster other"), "{e}");
