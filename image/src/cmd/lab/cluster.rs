@@ -180,10 +180,14 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             let images = (a.lb_image.as_path(), a.node_image.as_path());
             let r = ops::create(&opts, &a.name, images, (a.control_planes, a.workers), &progress)
                 .map_err(|e| {
-                e.context(format!(
-                    "creating lab cluster {} (`capstan lab cluster delete {}` cleans up)",
-                    a.name, a.name
-                ))
+                // a record means something was made: say how to remove it
+                match lab::cluster::state::load(&opts.state_dir, &a.name) {
+                    Ok(_) => e.context(format!(
+                        "creating lab cluster {0} (`capstan lab cluster delete {0}` cleans up)",
+                        a.name
+                    )),
+                    Err(_) => e.context(format!("creating lab cluster {}", a.name)),
+                }
             })?;
             print_report(&r, a.common.json)?;
         }
