@@ -14,6 +14,7 @@ use crate::lab::firmware::FirmwareChoice;
 use crate::lab::{self, Accel, GuestinfoArg, LabOptions};
 
 mod clone;
+mod cluster;
 
 /// `capstan lab` subcommands.
 #[derive(Debug, Subcommand)]
@@ -28,6 +29,9 @@ pub enum LabCommand {
     /// Stop a VM that `capstan lab run --detach` (or the hub's `lab` remediation) left
     /// running: SIGTERM, then SIGKILL after 10 s.
     Stop(StopArgs),
+    /// A Kubernetes cluster of lab VMs, as Cluster API + CAPV would make it on vSphere.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Arguments of `capstan lab stop`.
@@ -172,6 +176,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Run(a) => run_vm(a),
         LabCommand::Stop(a) => stop(&a),
         LabCommand::Clone(a) => clone::run(a),
+        LabCommand::Cluster(c) => cluster::run(c),
     }
 }
 

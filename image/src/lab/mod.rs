@@ -20,6 +20,7 @@
 //!   `capstan lab stop` and the hub's `lab` remediation.
 
 pub mod clone;
+pub mod cluster;
 pub mod env;
 pub mod firmware;
 pub mod qemu;

@@ -54,7 +54,7 @@ pub fn prepare_disk(image: &Path, work: &Path) -> anyhow::Result<PreparedDisk> {
 }
 
 /// The host's newest /boot/vmlinuz-*: a stock kernel is what the probe must see boot.
-fn host_kernel() -> Option<PathBuf> {
+pub fn host_kernel() -> Option<PathBuf> {
     let mut k: Vec<PathBuf> = fs::read_dir("/boot")
         .ok()?
         .filter_map(Result::ok)
@@ -174,9 +174,38 @@ pub struct Vm {
     argv: Vec<String>,
 }
 
-/// The QEMU arguments for `spec` (without the program). `vars` is the VM's private copy of
-/// the UEFI variable store (`Firmware::Efi` only; SeaBIOS needs no arguments at all).
-pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>) -> anyhow::Result<Vec<String>> {
+/// How the VM's NIC is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Net {
+    /// QEMU's user-mode network (`-netdev user`): what `lab run` and `lab clone` give.
+    User,
+    /// A tap device in a network namespace (a lab cluster's bridge, [`super::cluster::net`]):
+    /// QEMU runs inside the namespace (`ip netns exec`, which execs it: the pid stays QEMU's)
+    /// and opens the tap by name, with no helper scripts.
+    Tap {
+        /// The namespace.
+        netns: String,
+        /// The tap device in it.
+        ifname: String,
+    },
+}
+
+impl Net {
+    /// The `-netdev` value.
+    fn netdev(&self) -> String {
+        match self {
+            Net::User => "user,id=net0".into(),
+            Net::Tap { ifname, .. } => {
+                format!("tap,id=net0,ifname={ifname},script=no,downscript=no")
+            }
+        }
+    }
+}
+
+/// The QEMU arguments for `spec` (without the program), the NIC on `net`. `vars` is the VM's
+/// private copy of the UEFI variable store (`Firmware::Efi` only; SeaBIOS needs no arguments
+/// at all).
+pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>, net: &Net) -> anyhow::Result<Vec<String>> {
     let esc = |p: &Path| p.display().to_string().replace(',', ",,");
     let accel = match spec.accel {
         Accel::Kvm => "kvm",
@@ -220,7 +249,7 @@ pub fn args(spec: &VmSpec<'_>, vars: Option<&Path>) -> anyhow::Result<Vec<String
         "-device".into(),
         "scsi-cd,bus=scsi0.0,drive=cd0".into(),
         "-netdev".into(),
-        "user,id=net0".into(),
+        net.netdev(),
         "-device".into(),
         format!("virtio-net-pci,netdev=net0,mac={}", spec.mac),
         "-device".into(),
@@ -246,6 +275,11 @@ impl Vm {
     /// Starts QEMU with `extra` arguments after [`args`]'s (`lab run`: `-uuid`; `lab clone`:
     /// vmgenid, QMP, `-incoming`).
     pub fn start_with(spec: &VmSpec<'_>, extra: &[String]) -> anyhow::Result<Self> {
+        Self::start_net(spec, extra, &Net::User)
+    }
+
+    /// [`Vm::start_with`] with the NIC on `net`.
+    pub fn start_net(spec: &VmSpec<'_>, extra: &[String], net: &Net) -> anyhow::Result<Self> {
         let vars = match spec.firmware {
             Firmware::Efi => {
                 for f in [OVMF_CODE, OVMF_VARS] {
@@ -266,10 +300,17 @@ impl Vm {
                 None
             }
         };
-        let mut args = args(spec, vars.as_deref())?;
+        let mut args = args(spec, vars.as_deref(), net)?;
         args.extend_from_slice(extra);
         let stderr = spec.work.join("qemu.stderr");
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut cmd = match net {
+            Net::User => Command::new("qemu-system-x86_64"),
+            Net::Tap { netns, .. } => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, "qemu-system-x86_64"]);
+                c
+            }
+        };
         cmd.args(&args).stderr(fs::File::create(&stderr)?);
         if spec.interactive {
             cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
@@ -366,8 +407,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let gi = [GuestinfoArg { key: "metadata".into(), value: b"x".to_vec() }];
         let vars = t.path().join("OVMF_VARS.fd");
-        let efi = args(&spec(Firmware::Efi, t.path(), &gi), Some(&vars)).unwrap();
-        let bios = args(&spec(Firmware::Bios, t.path(), &gi), None).unwrap();
+        let efi = args(&spec(Firmware::Efi, t.path(), &gi), Some(&vars), &Net::User).unwrap();
+        let bios = args(&spec(Firmware::Bios, t.path(), &gi), None, &Net::User).unwrap();
         let pflash: Vec<&String> = efi.iter().filter(|a| a.starts_with("if=pflash")).collect();
         assert_eq!(pflash.len(), 2, "{efi:?}");
         assert!(pflash[0].contains(OVMF_CODE));
@@ -385,6 +426,25 @@ mod tests {
         assert_eq!(rest, bios.iter().collect::<Vec<_>>());
         assert!(bios.iter().any(|a| a == "scsi-cd,bus=scsi0.0,drive=cd0"));
         assert!(bios.iter().any(|a| a.starts_with("name=opt/capstan/guestinfo/metadata,file=")));
-        assert!(args(&spec(Firmware::Efi, t.path(), &gi), None).is_err());
+        assert!(args(&spec(Firmware::Efi, t.path(), &gi), None, &Net::User).is_err());
+    }
+
+    #[test]
+    fn a_tap_nic_replaces_user_networking_and_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        let s = spec(Firmware::Bios, t.path(), &[]);
+        let user = args(&s, None, &Net::User).unwrap();
+        let tap = Net::Tap { netns: "capstan-lab".into(), ifname: "tap-cp-0".into() };
+        let tapped = args(&s, None, &tap).unwrap();
+        let diff: Vec<(&String, &String)> =
+            user.iter().zip(&tapped).filter(|(a, b)| a != b).collect();
+        assert_eq!(
+            diff,
+            [(
+                &"user,id=net0".to_string(),
+                &"tap,id=net0,ifname=tap-cp-0,script=no,downscript=no".to_string()
+            )]
+        );
+        assert!(tapped.iter().any(|a| a == "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"));
     }
 }
