@@ -554,3 +554,68 @@ pub fn kubeconfig(opts: &Options, name: &ClusterName) -> anyhow::Result<PathBuf>
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> Options {
+        Options {
+            state_dir: dir.to_path_buf(),
+            accel: Accel::Tcg,
+            lb_memory_mib: 512,
+            node_memory_mib: 2048,
+            cpus: 1,
+            timeout: Duration::from_secs(1),
+            cache: dir.join("cache"),
+        }
+    }
+
+    #[test]
+    fn a_missing_template_is_refused_before_anything_is_made() {
+        let t = tempfile::tempdir().unwrap();
+        let name: ClusterName = "nothing".parse().unwrap();
+        let missing = t.path().join("lb.ova");
+        let e = create(&opts(t.path()), &name, (&missing, &missing), (1, 0), &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lb.ova: no such template"), "{e}");
+        assert!(!state::cluster_dir(t.path(), &name).exists());
+        assert!(!net::exists(&name.netns()).unwrap());
+    }
+
+    #[test]
+    fn delete_cleans_up_after_a_create_that_stopped_half_way() {
+        let t = tempfile::tempdir().unwrap();
+        let name: ClusterName = "half".parse().unwrap();
+        let dir = state::create_dir(t.path(), &name).unwrap();
+        let p = plan::plan(&name, 1, 0).unwrap();
+        let rec = ClusterRecord {
+            name: name.clone(),
+            netns: format!("capstan-half-{}", std::process::id()),
+            bridge_ip: p.bridge_ip,
+            vip: p.vip,
+            host_port: 0,
+            forwarder_pid: None,
+            lb_image: "lb.ova".into(),
+            node_image: "node.ova".into(),
+            vms: vec![VmRecord {
+                plan: p.vms[0].clone(),
+                uuid: "u".into(),
+                dir: dir.join("half-lb-0"),
+                pid: None,
+                backend: false,
+                ready_seconds: None,
+            }],
+        };
+        state::save(&dir, &rec).unwrap();
+        // the namespace was made, the VM never started
+        net::create(&rec.netns, p.bridge_ip, PREFIX).unwrap();
+        let d = delete(&opts(t.path()), &name).unwrap();
+        assert!(d.netns_removed);
+        assert!(!net::exists(&rec.netns).unwrap());
+        assert!(!dir.exists());
+        let e = delete(&opts(t.path()), &name).unwrap_err().to_string();
+        assert!(e.starts_with("no lab cluster half"), "{e}");
+    }
+}
