@@ -128,7 +128,9 @@ impl Watch {
             return Poll::default();
         }
         self.last = Some(identity);
-        let g = sources::gather(&self.opts);
+        let probed = u64::try_from(detected.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut g = sources::gather(&self.opts);
+        g.phases.insert(0, sources::Phase { name: "identity", us: probed });
         if g.refused {
             // a provider that answers badly (a seed being rewritten, IMDS down) is not a new
             // instance: ask again at the next poll

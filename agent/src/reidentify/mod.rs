@@ -314,7 +314,7 @@ pub fn run(
         status.result = RunResult::Failed;
     }
     freeze::thaw(req.root);
-    console::emit(req.root, req.live, console::REIDENTIFIED_MARK, &report(req, &status));
+    console::emit(req.root, req.live, console::REIDENTIFIED_MARK, &report(req, &status, g));
     let deferred = Deferred {
         root: req.root.clone(),
         plan: build_plan(g).0,
@@ -332,8 +332,9 @@ pub fn run(
 }
 
 /// The body of the `CAPSTAN-REIDENTIFIED` line: the facts (as the lab's `--json` names them),
-/// the trigger, `reidentify_ms`, and each step's name, status and duration.
-fn report(req: &Request<'_>, status: &Status) -> serde_json::Value {
+/// the trigger, `reidentify_ms`, each step's name, status and duration, and the parts of the
+/// gathering (`gather_phases`: name and microseconds).
+fn report(req: &Request<'_>, status: &Status, g: &Gathered) -> serde_json::Value {
     let mut body = serde_json::to_value(console::facts(req.root, req.live)).unwrap_or_default();
     let steps: Vec<serde_json::Value> = status
         .steps
@@ -351,6 +352,7 @@ fn report(req: &Request<'_>, status: &Status) -> serde_json::Value {
         obj.insert("trigger".into(), req.trigger.as_str().into());
         obj.insert("reidentify_ms".into(), status.duration_ms.into());
         obj.insert("gather_ms".into(), req.gather_ms.into());
+        obj.insert("gather_phases".into(), serde_json::to_value(&g.phases).unwrap_or_default());
         obj.insert("result".into(), status.result.as_str().into());
         obj.insert("steps".into(), steps.into());
     }
