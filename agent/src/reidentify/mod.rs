@@ -314,7 +314,12 @@ pub fn run(
         status.result = RunResult::Failed;
     }
     freeze::thaw(req.root);
-    console::emit(req.root, req.live, console::REIDENTIFIED_MARK, &report(req, &status, g));
+    let mut line = report(req, &status, g);
+    if let Some(obj) = line.as_object_mut() {
+        // noticing -> the line: the steps, then the record saved and the marker removed
+        obj.insert("line_ms".into(), ms_since(req.detected).into());
+    }
+    console::emit(req.root, req.live, console::REIDENTIFIED_MARK, &line);
     let deferred = Deferred {
         root: req.root.clone(),
         plan: build_plan(g).0,
