@@ -6,9 +6,9 @@
 //! yet) or a live re-identification ([`crate::reidentify`]: a clone of a running parent).
 //!
 //! When it polls: at the daemon's interval; every [`FROZEN_POLL`] while the VM is frozen for
-//! forking (`capstan-agent freeze` left its marker: a child resumes into this loop, and its
-//! first action is this check); and at once when the kernel sends its vmgenid uevent (a new VM
-//! generation), where it does.
+//! forking (`capstan-agent freeze` left its marker, looked for every [`MARKER_POLL`]: a child
+//! resumes into this loop, and its first action is this check); and at once when the kernel
+//! sends its vmgenid uevent (a new VM generation), where it does.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::guestinfo::Guestinfo;
-use crate::reidentify::generation::{UeventListener, FROZEN_POLL};
+use crate::reidentify::generation::{UeventListener, FROZEN_POLL, MARKER_POLL};
 use crate::reidentify::{self, freeze, Trigger};
 use crate::roles::Role;
 use crate::root::Root;
@@ -242,7 +242,7 @@ impl Watch {
         }
         let mut watch = Some(self);
         // the first poll at once; then at `every`, every FROZEN_POLL while frozen (the marker
-        // is looked at every FROZEN_POLL: one stat of a tmpfs file), at once on a uevent
+        // is looked at every MARKER_POLL: one stat of a tmpfs file), at once on a uevent
         let mut last_poll: Option<Instant> = None;
         loop {
             let frozen = watch.as_ref().is_some_and(Watch::frozen);
@@ -256,8 +256,8 @@ impl Watch {
                 }
             } else {
                 tokio::select! {
-                    _ = tokio::time::sleep(due.min(FROZEN_POLL)) => {
-                        if due > FROZEN_POLL {
+                    _ = tokio::time::sleep(due.min(MARKER_POLL)) => {
+                        if due > MARKER_POLL {
                             continue;
                         }
                         Trigger::Poll
