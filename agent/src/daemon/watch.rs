@@ -10,16 +10,18 @@
 //! resumes into this loop, and its first action is this check); and at once when the kernel
 //! sends its vmgenid uevent (a new VM generation), where it does.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::guestinfo::Guestinfo;
+use crate::guestinfo::{Guestinfo, Primed};
 use crate::reidentify::generation::{UeventListener, FROZEN_POLL, MARKER_POLL};
 use crate::reidentify::{self, freeze, Trigger};
 use crate::roles::Role;
 use crate::root::Root;
+use crate::sources::vmware::IDENTITY_KEYS;
 use crate::sources::{self, Chosen, Gathered, Identity, SourceOptions};
 use crate::state::{State, Status};
 use crate::steps::{Mode, StepId, StepRecord, StepStatus};
@@ -34,8 +36,8 @@ pub struct Watch {
     root: Root,
     live: bool,
     /// The transport the identity is read through, opened once (probing the VMware backdoor
-    /// is not free).
-    gi: Option<Box<dyn Guestinfo>>,
+    /// is not free) and handed to each gathering.
+    gi: Option<Arc<dyn Guestinfo>>,
     /// The answer at the last poll; `None` before the first.
     last: Option<Identity>,
     /// The provider the last full gathering read (its identity is asked); `None` before it.
@@ -89,7 +91,7 @@ fn role_print(g: &Gathered) -> [u8; 32] {
 impl Watch {
     /// A watch over the sources of `opts`, re-running first boot into `root`.
     pub fn new(opts: SourceOptions, root: Root, live: bool) -> Self {
-        let gi = sources::guestinfo_transport(&opts);
+        let gi = sources::guestinfo_transport(&opts).map(Arc::from);
         Watch {
             opts,
             root,
@@ -127,9 +129,12 @@ impl Watch {
         if self.last.as_ref() == Some(&identity) {
             return Poll::default();
         }
-        self.last = Some(identity);
         let probed = u64::try_from(detected.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut g = sources::gather(&self.opts);
+        let mut g = match self.transport_for_gather(&identity) {
+            Some(gi) => sources::gather_with(&self.opts, Some(gi)),
+            None => sources::gather(&self.opts),
+        };
+        self.last = Some(identity);
         g.phases.insert(0, sources::Phase { name: "identity", us: probed });
         if g.refused {
             // a provider that answers badly (a seed being rewritten, IMDS down) is not a new
@@ -162,6 +167,22 @@ impl Watch {
             return Poll { instance_id: Some(id), rerun: Some(st), ..Poll::default() };
         }
         self.reidentify(&g, trigger, detected, gather_ms, id)
+    }
+
+    /// The watch's own transport for a gathering (none: the gathering looks for one), with the
+    /// values the identity probe just read primed (VMware's [`IDENTITY_KEYS`]): the gathering
+    /// does not ask the transport for them again.
+    fn transport_for_gather(&self, identity: &Identity) -> Option<Box<dyn Guestinfo>> {
+        let gi = self.gi.clone()?;
+        let known: Vec<(String, String)> = match self.provider {
+            None | Some(Chosen::Vmware) => IDENTITY_KEYS
+                .iter()
+                .zip(&identity.0)
+                .filter_map(|(k, v)| Some(((*k).to_owned(), v.clone()?)))
+                .collect(),
+            Some(_) => Vec::new(),
+        };
+        Some(Box::new(Primed::new(gi, known)))
     }
 
     fn reidentify(
