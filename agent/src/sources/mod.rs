@@ -454,6 +454,40 @@ fn add_persisted_secrets(
     })
 }
 
+/// The TOML layers this process parsed, by path, with the file's bytes then: a file whose bytes
+/// are the same is not parsed again (a clone's gathering finds the parent's files unchanged,
+/// and the parser's first run after a resume is slow under TCG).
+static TOML_LAYERS: std::sync::Mutex<BTreeMap<PathBuf, (Vec<u8>, Layer)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Files up to this size are kept with their layer.
+const TOML_KEPT: usize = 64 * 1024;
+
+/// `path`'s layer: the one parsed before when the file's bytes are the same, else the file
+/// parsed (and kept). A file that cannot be read whole, is larger than [`TOML_KEPT`] or is not
+/// UTF-8 goes to [`schema::read_toml_file`], which names what is wrong.
+fn toml_layer(path: &Path, source: Source) -> Result<Option<Layer>, schema::TomlError> {
+    let Some(text) = std::fs::read(path)
+        .ok()
+        .filter(|b| b.len() <= TOML_KEPT)
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
+        return schema::read_toml_file(path, source);
+    };
+    let kept = TOML_LAYERS
+        .lock()
+        .ok()
+        .and_then(|m| m.get(path).filter(|(b, _)| *b == text.as_bytes()).map(|(_, l)| l.clone()));
+    if let Some(layer) = kept {
+        return Ok(Some(layer));
+    }
+    let layer = schema::flatten_toml(&text, path, source)?;
+    if let Ok(mut m) = TOML_LAYERS.lock() {
+        m.insert(path.to_owned(), (text.into_bytes(), layer.clone()));
+    }
+    Ok(Some(layer))
+}
+
 fn read_toml_layer(
     opts: &SourceOptions,
     rel: &str,
@@ -463,7 +497,7 @@ fn read_toml_layer(
 ) -> Layer {
     let path = opts.root.join(rel);
     let name = source.as_str();
-    match schema::read_toml_file(&path, source) {
+    match toml_layer(&path, source) {
         Ok(Some(layer)) => {
             reports.push(SourceReport {
                 name: name.into(),
@@ -553,4 +587,36 @@ const SMBIOS_UUID: &str = "class/dmi/id/product_uuid";
 fn read_smbios_uuid(path: &Path) -> Option<InstanceId> {
     let s = std::fs::read_to_string(path).ok()?;
     s.trim().to_ascii_lowercase().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_toml_file_is_not_parsed_again_and_a_changed_one_is() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("agent.toml");
+        std::fs::write(&path, "[dns]\nservers = [\"192.0.2.53\"]\n").unwrap();
+        let a = toml_layer(&path, Source::Defaults).unwrap().unwrap();
+        assert_eq!(a.len(), 1, "{a:?}");
+        // the kept layer answers while the bytes are the same (here: planted, to tell)
+        let planted = vec![("dns.search".to_owned(), fv("x", Source::Defaults, "planted"))];
+        let bytes = std::fs::read(&path).unwrap();
+        TOML_LAYERS.lock().unwrap().insert(path.clone(), (bytes, planted.clone()));
+        assert_eq!(toml_layer(&path, Source::Defaults).unwrap().unwrap(), planted);
+        // other bytes: parsed again
+        std::fs::write(&path, "[dns]\nservers = [\"192.0.2.54\"]\n").unwrap();
+        let b = toml_layer(&path, Source::Defaults).unwrap().unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].1.value, "192.0.2.54");
+        // a broken file is still refused, naming the file, and a missing one is none
+        std::fs::write(&path, "[dns\n").unwrap();
+        let e = toml_layer(&path, Source::Defaults).unwrap_err().to_string();
+        assert!(e.contains("agent.toml"), "{e}");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(toml_layer(&path, Source::Defaults).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(toml_layer(&path, Source::Defaults).unwrap(), None);
+    }
 }
