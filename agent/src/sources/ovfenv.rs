@@ -154,13 +154,38 @@ pub(super) fn read_layer(
     let Some(bytes) = bytes else {
         return (Vec::new(), None);
     };
-    let env = match ovf::env::Environment::from_bytes(&bytes) {
-        Ok(e) => e,
+    let (layer, vcenter) = match env_layer(&bytes) {
+        Ok(v) => v,
         Err(e) => {
             errors.push(SourceError::new("ovf-env", &location, &e));
             return (Vec::new(), None);
         }
     };
+    reports.push(SourceReport {
+        name: "ovf-env".into(),
+        location,
+        values: layer.iter().filter(|(_, v)| !v.value.trim().is_empty()).count(),
+    });
+    (layer, vcenter)
+}
+
+/// The environments this process parsed, by their bytes: their layer and `ve:vCenterId` (a few:
+/// a node sees one environment, maybe a second after a change).
+type Parsed = std::collections::BTreeMap<Vec<u8>, (Layer, Option<String>)>;
+
+static PARSED: Mutex<Parsed> = Mutex::new(std::collections::BTreeMap::new());
+
+/// How many parsed environments are kept.
+const PARSED_KEPT: usize = 4;
+
+/// The layer and the `ve:vCenterId` of an environment; bytes parsed before are not parsed again
+/// (a clone reads its parent's environment). Errors are not kept.
+fn env_layer(bytes: &[u8]) -> Result<(Layer, Option<String>), ovf::env::EnvError> {
+    let kept = PARSED.lock().ok().and_then(|m| m.get(bytes).cloned());
+    if let Some(k) = kept {
+        return Ok(k);
+    }
+    let env = ovf::env::Environment::from_bytes(bytes)?;
     let mut layer: Layer = Vec::new();
     for p in &env.properties {
         let Some(path) = p.key.strip_prefix(schema::KEY_PREFIX) else {
@@ -182,13 +207,14 @@ pub(super) fn read_layer(
             ));
         }
     }
-    reports.push(SourceReport {
-        name: "ovf-env".into(),
-        location,
-        values: layer.iter().filter(|(_, v)| !v.value.trim().is_empty()).count(),
-    });
     let vcenter = env.vcenter_id.filter(|v| !v.is_empty());
-    (layer, vcenter)
+    if let Ok(mut m) = PARSED.lock() {
+        if m.len() >= PARSED_KEPT {
+            m.clear();
+        }
+        m.insert(bytes.to_vec(), (layer.clone(), vcenter.clone()));
+    }
+    Ok((layer, vcenter))
 }
 
 fn read_limited(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
@@ -246,5 +272,30 @@ mod tests {
             std::fs::write(sys.join("class/block/sr7/diskseq"), bad).unwrap();
             assert_eq!(media_seq(&sys, &link), None, "{bad:?}");
         }
+    }
+
+    const ENV: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">
+  <PropertySection>
+    <Property oe:key="capstan.hostname" oe:value="env-node"/>
+    <Property oe:key="other.key" oe:value="x"/>
+  </PropertySection>
+</Environment>
+"#;
+
+    #[test]
+    fn the_same_environment_is_not_parsed_again() {
+        let (layer, _) = env_layer(ENV.as_bytes()).unwrap();
+        assert_eq!(layer.len(), 1, "{layer:?}");
+        assert_eq!(layer[0].0, "hostname");
+        // the kept layer answers for the same bytes (planted, to tell), never for others
+        let planted = vec![("hostname".to_owned(), fv("planted", Source::OvfEnv, "k"))];
+        PARSED.lock().unwrap().insert(ENV.as_bytes().to_vec(), (planted.clone(), None));
+        assert_eq!(env_layer(ENV.as_bytes()).unwrap().0, planted);
+        let other = ENV.replace("env-node", "env-two");
+        assert_eq!(env_layer(other.as_bytes()).unwrap().0[0].1.value, "env-two");
+        // a broken environment is refused every time
+        assert!(env_layer(b"<Environment").is_err());
+        assert!(env_layer(b"<Environment").is_err());
     }
 }
