@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use capstan_agent::guestinfo::{DirGuestinfo, Guestinfo, GuestinfoError};
+use capstan_agent::guestinfo::{DirGuestinfo, Guestinfo, GuestinfoError, Primed};
 use capstan_agent::sources::{self, SourceOptions};
 
 /// A transport that counts `get` calls (the RPCs of the VMware backdoor) and, with
@@ -109,4 +109,49 @@ fn the_identity_changes_when_guestinfo_names_a_new_instance_and_only_then() {
     // no transport: only the SMBIOS UUID
     let none = sources::identity(&opts, None);
     assert_eq!(none.0.iter().flatten().count(), 1, "{none:?}");
+}
+
+#[test]
+fn the_gathering_after_the_probe_does_not_read_the_probed_keys_again() {
+    // the watch hands its gathering its own transport with what its identity probe read
+    // (guestinfo::Primed): the same instance, one read fewer per probed key that is set
+    let t = capv_dir();
+    let opts = SourceOptions::rooted(t.path().join("root"));
+    for listing in [false, true] {
+        let (gi, gets) = counting(&t, listing);
+        let plain = sources::gather_with(&opts, Some(Box::new(gi)));
+        let plain_gets = gets.load(Ordering::SeqCst);
+        let (gi, gets) = counting(&t, listing);
+        let shared: Arc<dyn Guestinfo> = Arc::new(gi);
+        let id = sources::identity(&opts, Some(&*shared));
+        let probed: Vec<(String, String)> = sources::vmware::IDENTITY_KEYS
+            .iter()
+            .zip(&id.0)
+            .filter_map(|(k, v)| Some(((*k).to_owned(), v.clone()?)))
+            .collect();
+        assert_eq!(probed.len(), 1, "only metadata is set: {probed:?}");
+        gets.store(0, Ordering::SeqCst);
+        let primed = Primed::new(shared, probed);
+        let g = sources::gather_with(&opts, Some(Box::new(primed)));
+        let primed_gets = gets.load(Ordering::SeqCst);
+        assert_eq!(primed_gets + 1, plain_gets, "listing={listing}");
+        assert_eq!(g.instance_id, plain.instance_id);
+        assert_eq!(g.config.hostname, plain.config.hostname);
+        assert_eq!(g.userdata, plain.userdata);
+        assert_eq!(g.flat.len(), plain.flat.len());
+        assert_eq!(g.guestinfo.as_ref().map(|g| g.transport()), Some("guestinfo-dir"));
+    }
+}
+
+#[test]
+fn a_primed_value_that_is_stale_is_answered_once_only() {
+    // what the probe read answers the gathering's first read; a later read (a re-run of the
+    // gathering) sees the transport's value
+    let t = capv_dir();
+    let (gi, _) = counting(&t, true);
+    let shared: Arc<dyn Guestinfo> = Arc::new(gi);
+    let primed = Primed::new(shared, [("metadata".to_owned(), "instance-id: probed\n".to_owned())]);
+    assert_eq!(primed.get("metadata").unwrap().as_deref(), Some("instance-id: probed\n"));
+    let now = primed.get("metadata").unwrap().unwrap();
+    assert!(now.contains("clone-a"), "{now}");
 }

@@ -184,7 +184,7 @@ pub enum Command {
     /// synchronize the journal and sync every filesystem, write the marker
     /// /run/capstan/frozen.json, print the `CAPSTAN-FROZEN {json}` console line, publish
     /// guestinfo.capstan.state, and on VMware call `instantclone.freeze`, which returns once
-    /// the VM runs again. The daemon then polls for the child's new identity every 100 ms.
+    /// the VM runs again. The daemon then polls for the child's new identity every 20 ms.
     Freeze {
         /// Apply under DIR instead of `/` (no journal, no RPC; the console line goes to
         /// DIR/dev/console).

@@ -6,20 +6,22 @@
 //! yet) or a live re-identification ([`crate::reidentify`]: a clone of a running parent).
 //!
 //! When it polls: at the daemon's interval; every [`FROZEN_POLL`] while the VM is frozen for
-//! forking (`capstan-agent freeze` left its marker: a child resumes into this loop, and its
-//! first action is this check); and at once when the kernel sends its vmgenid uevent (a new VM
-//! generation), where it does.
+//! forking (`capstan-agent freeze` left its marker, looked for every [`MARKER_POLL`]: a child
+//! resumes into this loop, and its first action is this check); and at once when the kernel
+//! sends its vmgenid uevent (a new VM generation), where it does.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::guestinfo::Guestinfo;
-use crate::reidentify::generation::{UeventListener, FROZEN_POLL};
+use crate::guestinfo::{Guestinfo, Primed};
+use crate::reidentify::generation::{UeventListener, FROZEN_POLL, MARKER_POLL};
 use crate::reidentify::{self, freeze, Trigger};
 use crate::roles::Role;
 use crate::root::Root;
+use crate::sources::vmware::IDENTITY_KEYS;
 use crate::sources::{self, Chosen, Gathered, Identity, SourceOptions};
 use crate::state::{State, Status};
 use crate::steps::{Mode, StepId, StepRecord, StepStatus};
@@ -34,8 +36,8 @@ pub struct Watch {
     root: Root,
     live: bool,
     /// The transport the identity is read through, opened once (probing the VMware backdoor
-    /// is not free).
-    gi: Option<Box<dyn Guestinfo>>,
+    /// is not free) and handed to each gathering.
+    gi: Option<Arc<dyn Guestinfo>>,
     /// The answer at the last poll; `None` before the first.
     last: Option<Identity>,
     /// The provider the last full gathering read (its identity is asked); `None` before it.
@@ -89,7 +91,7 @@ fn role_print(g: &Gathered) -> [u8; 32] {
 impl Watch {
     /// A watch over the sources of `opts`, re-running first boot into `root`.
     pub fn new(opts: SourceOptions, root: Root, live: bool) -> Self {
-        let gi = sources::guestinfo_transport(&opts);
+        let gi = sources::guestinfo_transport(&opts).map(Arc::from);
         Watch {
             opts,
             root,
@@ -127,8 +129,13 @@ impl Watch {
         if self.last.as_ref() == Some(&identity) {
             return Poll::default();
         }
+        let probed = u64::try_from(detected.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut g = match self.transport_for_gather(&identity) {
+            Some(gi) => sources::gather_with(&self.opts, Some(gi)),
+            None => sources::gather(&self.opts),
+        };
         self.last = Some(identity);
-        let g = sources::gather(&self.opts);
+        g.phases.insert(0, sources::Phase { name: "identity", us: probed });
         if g.refused {
             // a provider that answers badly (a seed being rewritten, IMDS down) is not a new
             // instance: ask again at the next poll
@@ -160,6 +167,22 @@ impl Watch {
             return Poll { instance_id: Some(id), rerun: Some(st), ..Poll::default() };
         }
         self.reidentify(&g, trigger, detected, gather_ms, id)
+    }
+
+    /// The watch's own transport for a gathering (none: the gathering looks for one), with the
+    /// values the identity probe just read primed (VMware's [`IDENTITY_KEYS`]): the gathering
+    /// does not ask the transport for them again.
+    fn transport_for_gather(&self, identity: &Identity) -> Option<Box<dyn Guestinfo>> {
+        let gi = self.gi.clone()?;
+        let known: Vec<(String, String)> = match self.provider {
+            None | Some(Chosen::Vmware) => IDENTITY_KEYS
+                .iter()
+                .zip(&identity.0)
+                .filter_map(|(k, v)| Some(((*k).to_owned(), v.clone()?)))
+                .collect(),
+            Some(_) => Vec::new(),
+        };
+        Some(Box::new(Primed::new(gi, known)))
     }
 
     fn reidentify(
@@ -240,7 +263,7 @@ impl Watch {
         }
         let mut watch = Some(self);
         // the first poll at once; then at `every`, every FROZEN_POLL while frozen (the marker
-        // is looked at every FROZEN_POLL: one stat of a tmpfs file), at once on a uevent
+        // is looked at every MARKER_POLL: one stat of a tmpfs file), at once on a uevent
         let mut last_poll: Option<Instant> = None;
         loop {
             let frozen = watch.as_ref().is_some_and(Watch::frozen);
@@ -254,8 +277,8 @@ impl Watch {
                 }
             } else {
                 tokio::select! {
-                    _ = tokio::time::sleep(due.min(FROZEN_POLL)) => {
-                        if due > FROZEN_POLL {
+                    _ = tokio::time::sleep(due.min(MARKER_POLL)) => {
+                        if due > MARKER_POLL {
                             continue;
                         }
                         Trigger::Poll

@@ -33,6 +33,67 @@ pub trait Guestinfo: std::fmt::Debug + Send + Sync {
     }
 }
 
+/// A transport shared by its owners: the daemon's watch opens one and hands it to each of its
+/// gatherings, rather than each gathering probing for a transport again.
+impl<G: Guestinfo + ?Sized> Guestinfo for std::sync::Arc<G> {
+    fn transport(&self) -> &'static str {
+        (**self).transport()
+    }
+    fn get(&self, key: &str) -> Result<Option<String>, GuestinfoError> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &str) -> Result<(), GuestinfoError> {
+        (**self).set(key, value)
+    }
+    fn keys(&self) -> Option<BTreeSet<String>> {
+        (**self).keys()
+    }
+}
+
+/// A transport with some answers already known: the values the watch's identity probe read a
+/// moment before the gathering that follows it. Each known value answers the first `get` of its
+/// key, and only that one (later reads, and every key not primed, go to the transport); a
+/// `set` forgets the key's value.
+#[derive(Debug)]
+pub struct Primed {
+    inner: std::sync::Arc<dyn Guestinfo>,
+    known: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Primed {
+    /// `inner`, with `known` values (key, value) read from it just now.
+    pub fn new(
+        inner: std::sync::Arc<dyn Guestinfo>,
+        known: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        Primed { inner, known: std::sync::Mutex::new(known.into_iter().collect()) }
+    }
+
+    fn take(&self, key: &str) -> Option<String> {
+        self.known.lock().ok()?.remove(key)
+    }
+}
+
+impl Guestinfo for Primed {
+    fn transport(&self) -> &'static str {
+        self.inner.transport()
+    }
+    fn get(&self, key: &str) -> Result<Option<String>, GuestinfoError> {
+        check_key(key)?;
+        match self.take(key) {
+            Some(v) => Ok(Some(v)),
+            None => self.inner.get(key),
+        }
+    }
+    fn set(&self, key: &str, value: &str) -> Result<(), GuestinfoError> {
+        let _ = self.take(key);
+        self.inner.set(key, value)
+    }
+    fn keys(&self) -> Option<BTreeSet<String>> {
+        self.inner.keys()
+    }
+}
+
 /// The keys named by the entries of `dir` (`guestinfo.` prefix removed); empty when `dir`
 /// does not exist, `None` when it cannot be read.
 fn list_keys(dir: &Path) -> Option<BTreeSet<String>> {
@@ -257,6 +318,28 @@ mod tests {
         let g = DirGuestinfo::new(d.path());
         assert_eq!(g.get("big").unwrap().unwrap().len(), GUESTINFO_VALUE_LIMIT + 1);
         assert!(matches!(g.get("bin"), Err(GuestinfoError::NotUtf8(_))));
+    }
+
+    #[test]
+    fn primed_values_answer_once_and_a_set_forgets_them() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("metadata"), "instance-id: now").unwrap();
+        fs::write(d.path().join("userdata"), "u").unwrap();
+        let inner: std::sync::Arc<dyn Guestinfo> = std::sync::Arc::new(DirGuestinfo::new(d.path()));
+        let known = [("metadata".to_owned(), "instance-id: probed".to_owned())];
+        let g = Primed::new(inner.clone(), known.clone());
+        assert_eq!(g.transport(), "guestinfo-dir");
+        assert_eq!(g.get("metadata").unwrap().as_deref(), Some("instance-id: probed"));
+        // once: the next read is the transport's
+        assert_eq!(g.get("metadata").unwrap().as_deref(), Some("instance-id: now"));
+        assert_eq!(g.get("userdata").unwrap().as_deref(), Some("u"));
+        assert!(matches!(g.get("../x"), Err(GuestinfoError::InvalidKey(_))));
+        let g = Primed::new(inner.clone(), known);
+        g.set("metadata", "---").unwrap();
+        assert_eq!(g.get("metadata").unwrap().as_deref(), Some("---"), "a set forgets the value");
+        assert_eq!(g.keys(), inner.keys());
+        // a shared transport is the transport
+        assert_eq!(inner.get("userdata").unwrap().as_deref(), Some("u"));
     }
 
     #[test]

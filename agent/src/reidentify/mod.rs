@@ -314,7 +314,12 @@ pub fn run(
         status.result = RunResult::Failed;
     }
     freeze::thaw(req.root);
-    console::emit(req.root, req.live, console::REIDENTIFIED_MARK, &report(req, &status));
+    let mut line = report(req, &status, g);
+    if let Some(obj) = line.as_object_mut() {
+        // noticing -> the line: the steps, then the record saved and the marker removed
+        obj.insert("line_ms".into(), ms_since(req.detected).into());
+    }
+    console::emit(req.root, req.live, console::REIDENTIFIED_MARK, &line);
     let deferred = Deferred {
         root: req.root.clone(),
         plan: build_plan(g).0,
@@ -332,8 +337,9 @@ pub fn run(
 }
 
 /// The body of the `CAPSTAN-REIDENTIFIED` line: the facts (as the lab's `--json` names them),
-/// the trigger, `reidentify_ms`, and each step's name, status and duration.
-fn report(req: &Request<'_>, status: &Status) -> serde_json::Value {
+/// the trigger, `reidentify_ms`, each step's name, status and duration, and the parts of the
+/// gathering (`gather_phases`: name and microseconds).
+fn report(req: &Request<'_>, status: &Status, g: &Gathered) -> serde_json::Value {
     let mut body = serde_json::to_value(console::facts(req.root, req.live)).unwrap_or_default();
     let steps: Vec<serde_json::Value> = status
         .steps
@@ -351,6 +357,7 @@ fn report(req: &Request<'_>, status: &Status) -> serde_json::Value {
         obj.insert("trigger".into(), req.trigger.as_str().into());
         obj.insert("reidentify_ms".into(), status.duration_ms.into());
         obj.insert("gather_ms".into(), req.gather_ms.into());
+        obj.insert("gather_phases".into(), serde_json::to_value(&g.phases).unwrap_or_default());
         obj.insert("result".into(), status.result.as_str().into());
         obj.insert("steps".into(), steps.into());
     }

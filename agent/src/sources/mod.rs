@@ -167,6 +167,26 @@ pub struct Gathered {
     pub public_keys: Vec<String>,
     /// The provider was found but its data refused whole: apply nothing ([`Found::refused`]).
     pub refused: bool,
+    /// How long each part of the gathering took, in order (a re-identification reports them).
+    pub phases: Vec<Phase>,
+}
+
+/// One timed part of a gathering (`defaults`, `ovf-env`, `cloud-init`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Phase {
+    /// What was read or done.
+    pub name: &'static str,
+    /// Microseconds it took.
+    pub us: u64,
+}
+
+/// Times `f` as the phase `name`, appended to `phases`.
+pub(crate) fn timed<T>(phases: &mut Vec<Phase>, name: &'static str, f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let out = f();
+    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+    phases.push(Phase { name, us });
+    out
 }
 
 impl Gathered {
@@ -246,6 +266,8 @@ pub struct Found {
     /// The provider is present but its data was refused whole (see [`Found::errors`]): first
     /// boot applies nothing, rather than a node half configured from defaults.
     pub refused: bool,
+    /// How long each of the provider's reads took.
+    pub phases: Vec<Phase>,
 }
 
 /// The cheap answer to "which instance is this?": the raw values a provider names the
@@ -274,8 +296,12 @@ pub trait Provider {
 /// Reads every source and merges them. Never fails: what cannot be read is in
 /// [`Gathered::errors`].
 pub fn gather(opts: &SourceOptions) -> Gathered {
-    let gi = guestinfo_transport(opts);
-    gather_with(opts, gi)
+    let mut phases = Vec::new();
+    let gi = timed(&mut phases, "transport", || guestinfo_transport(opts));
+    let mut g = gather_with(opts, gi);
+    phases.append(&mut g.phases);
+    g.phases = phases;
+    g
 }
 
 /// The cheap identity question of the daemon's watch for VMware: its identity values and the
@@ -297,24 +323,24 @@ pub fn identity_of(chosen: &Chosen, opts: &SourceOptions, gi: Option<&dyn Guesti
 pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gathered {
     let mut errors = Vec::new();
     let mut reports = Vec::new();
+    let mut phases = Vec::new();
     let gi_name = gi.as_ref().map_or("guestinfo", |g| g.transport());
     // 1. baked defaults
-    let defaults =
-        read_toml_layer(opts, DEFAULTS_FILE, Source::Defaults, &mut errors, &mut reports);
+    let defaults = timed(&mut phases, "defaults", || {
+        read_toml_layer(opts, DEFAULTS_FILE, Source::Defaults, &mut errors, &mut reports)
+    });
     // 5. the override file (read before the provider: it may force one)
     let (mut override_errors, mut override_reports) = (Vec::new(), Vec::new());
-    let overrides = read_toml_layer(
-        opts,
-        OVERRIDE_FILE,
-        Source::Override,
-        &mut override_errors,
-        &mut override_reports,
-    );
+    let overrides = timed(&mut phases, "override", || {
+        let (errors, reports) = (&mut override_errors, &mut override_reports);
+        read_toml_layer(opts, OVERRIDE_FILE, Source::Override, errors, reports)
+    });
     // 2.-4. the provider
     let forced = detect::forced(&defaults, &overrides);
     let (provider, mut found) = detect::choose_and_read(opts, gi.as_deref(), forced);
     errors.append(&mut found.errors);
     reports.append(&mut found.reports);
+    phases.append(&mut found.phases);
     errors.append(&mut override_errors);
     reports.append(&mut override_reports);
 
@@ -329,6 +355,7 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
     let provider_network = found.network.take().filter(|_| !has_net(&overrides));
     let metadata_network = metadata_network || provider_network.is_some();
     let layers = std::iter::once(defaults).chain(found.layers).chain(std::iter::once(overrides));
+    let merged_at = std::time::Instant::now();
     let mut flat = merge(layers);
     if metadata_network {
         flat.retain(|p, _| !p.starts_with("net."));
@@ -341,10 +368,14 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
         c
     };
     let mut config = config_of(&flat);
+    let us = |t: std::time::Instant| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+    phases.push(Phase { name: "merge", us: us(merged_at) });
     // Instance id: a source, else the provider's fallback, else the SMBIOS UUID.
     let (instance_id, instance_id_origin) =
         resolve_instance_id(&config, &flat, found.fallback_instance_id, opts);
-    if let Some(report) = add_persisted_secrets(opts, &instance_id, &mut flat) {
+    let persisted =
+        timed(&mut phases, "persisted", || add_persisted_secrets(opts, &instance_id, &mut flat));
+    if let Some(report) = persisted {
         config = config_of(&flat);
         reports.push(report);
     }
@@ -355,9 +386,11 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
         Chosen::Vmware => (gi_name, "guestinfo.userdata"),
         ref other => (other.name(), "user-data"),
     };
-    let mut userdata = found.userdata.and_then(|text| {
-        let at = (ud_source, ud_key);
-        render_userdata(text, metadata.as_ref(), &instance_id, &config, at, &mut errors)
+    let mut userdata = timed(&mut phases, "userdata-render", || {
+        found.userdata.and_then(|text| {
+            let at = (ud_source, ud_key);
+            render_userdata(text, metadata.as_ref(), &instance_id, &config, at, &mut errors)
+        })
     });
     if userdata.is_none() {
         userdata.clone_from(&config.user_data);
@@ -379,6 +412,7 @@ pub fn gather_with(opts: &SourceOptions, gi: Option<Box<dyn Guestinfo>>) -> Gath
         network: provider_network.map(|(_, n)| n),
         public_keys: found.public_keys,
         refused: found.refused,
+        phases,
     }
 }
 
@@ -420,6 +454,40 @@ fn add_persisted_secrets(
     })
 }
 
+/// The TOML layers this process parsed, by path, with the file's bytes then: a file whose bytes
+/// are the same is not parsed again (a clone's gathering finds the parent's files unchanged,
+/// and the parser's first run after a resume is slow under TCG).
+static TOML_LAYERS: std::sync::Mutex<BTreeMap<PathBuf, (Vec<u8>, Layer)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Files up to this size are kept with their layer.
+const TOML_KEPT: usize = 64 * 1024;
+
+/// `path`'s layer: the one parsed before when the file's bytes are the same, else the file
+/// parsed (and kept). A file that cannot be read whole, is larger than [`TOML_KEPT`] or is not
+/// UTF-8 goes to [`schema::read_toml_file`], which names what is wrong.
+fn toml_layer(path: &Path, source: Source) -> Result<Option<Layer>, schema::TomlError> {
+    let Some(text) = std::fs::read(path)
+        .ok()
+        .filter(|b| b.len() <= TOML_KEPT)
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
+        return schema::read_toml_file(path, source);
+    };
+    let kept = TOML_LAYERS
+        .lock()
+        .ok()
+        .and_then(|m| m.get(path).filter(|(b, _)| *b == text.as_bytes()).map(|(_, l)| l.clone()));
+    if let Some(layer) = kept {
+        return Ok(Some(layer));
+    }
+    let layer = schema::flatten_toml(&text, path, source)?;
+    if let Ok(mut m) = TOML_LAYERS.lock() {
+        m.insert(path.to_owned(), (text.into_bytes(), layer.clone()));
+    }
+    Ok(Some(layer))
+}
+
 fn read_toml_layer(
     opts: &SourceOptions,
     rel: &str,
@@ -429,7 +497,7 @@ fn read_toml_layer(
 ) -> Layer {
     let path = opts.root.join(rel);
     let name = source.as_str();
-    match schema::read_toml_file(&path, source) {
+    match toml_layer(&path, source) {
         Ok(Some(layer)) => {
             reports.push(SourceReport {
                 name: name.into(),
@@ -519,4 +587,36 @@ const SMBIOS_UUID: &str = "class/dmi/id/product_uuid";
 fn read_smbios_uuid(path: &Path) -> Option<InstanceId> {
     let s = std::fs::read_to_string(path).ok()?;
     s.trim().to_ascii_lowercase().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_toml_file_is_not_parsed_again_and_a_changed_one_is() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("agent.toml");
+        std::fs::write(&path, "[dns]\nservers = [\"192.0.2.53\"]\n").unwrap();
+        let a = toml_layer(&path, Source::Defaults).unwrap().unwrap();
+        assert_eq!(a.len(), 1, "{a:?}");
+        // the kept layer answers while the bytes are the same (here: planted, to tell)
+        let planted = vec![("dns.search".to_owned(), fv("x", Source::Defaults, "planted"))];
+        let bytes = std::fs::read(&path).unwrap();
+        TOML_LAYERS.lock().unwrap().insert(path.clone(), (bytes, planted.clone()));
+        assert_eq!(toml_layer(&path, Source::Defaults).unwrap().unwrap(), planted);
+        // other bytes: parsed again
+        std::fs::write(&path, "[dns]\nservers = [\"192.0.2.54\"]\n").unwrap();
+        let b = toml_layer(&path, Source::Defaults).unwrap().unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].1.value, "192.0.2.54");
+        // a broken file is still refused, naming the file, and a missing one is none
+        std::fs::write(&path, "[dns\n").unwrap();
+        let e = toml_layer(&path, Source::Defaults).unwrap_err().to_string();
+        assert!(e.contains("agent.toml"), "{e}");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(toml_layer(&path, Source::Defaults).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(toml_layer(&path, Source::Defaults).unwrap(), None);
+    }
 }

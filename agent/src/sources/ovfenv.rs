@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::{fv, iso9660, Layer, SourceError, SourceOptions, SourceReport};
 use crate::guestinfo::Guestinfo;
@@ -47,6 +48,54 @@ pub fn read_ovf_env_cdrom(device: &Path) -> Result<Option<Vec<u8>>, iso9660::Iso
     iso9660::read_root_file(&mut f, &vol, OVF_ENV_NAMES, ovf::env::MAX_ENV_SIZE)
 }
 
+/// The environment this process last read from a CD-ROM: the device (its canonical path), its
+/// media sequence number then, and what was read.
+#[derive(Debug, Clone)]
+struct CdromRead {
+    device: PathBuf,
+    seq: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+static LAST_CDROM: Mutex<Option<CdromRead>> = Mutex::new(None);
+
+/// The media sequence number of the block device `device` (its node, or a link to it):
+/// `/sys/class/block/<name>/diskseq`, which the kernel raises at every media change it sees
+/// (at an open, and at udev's 2 s poll of removable drives). `None` where there is none (a
+/// kernel before 5.15, a file that is not a device node).
+pub fn media_seq(sys_dir: &Path, device: &Path) -> Option<u64> {
+    let real = std::fs::canonicalize(device).ok()?;
+    let name = real.file_name()?.to_str()?;
+    let file = sys_dir.join("class/block").join(name).join("diskseq");
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// `read(device)`, unless this process read the same medium before: the same device with the
+/// same media sequence number ([`media_seq`]). An instant clone keeps its parent's CD-ROM, so
+/// a child's gathering does not go to the drive again (the daemon read it at its first poll).
+/// Without a sequence number the drive is always read; an error is never remembered.
+fn read_cdrom_once(
+    device: &Path,
+    sys_dir: &Path,
+    read: impl FnOnce(&Path) -> Result<Option<Vec<u8>>, iso9660::IsoError>,
+) -> Result<Option<Vec<u8>>, iso9660::IsoError> {
+    let Some(seq) = media_seq(sys_dir, device) else {
+        return read(device);
+    };
+    let real = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_owned());
+    let known = LAST_CDROM.lock().ok().and_then(|last| {
+        last.as_ref().filter(|l| l.device == real && l.seq == seq).map(|l| l.bytes.clone())
+    });
+    if let Some(bytes) = known {
+        return Ok(bytes);
+    }
+    let bytes = read(device)?;
+    if let Ok(mut last) = LAST_CDROM.lock() {
+        *last = Some(CdromRead { device: real, seq, bytes: bytes.clone() });
+    }
+    Ok(bytes)
+}
+
 /// Reads the environment from wherever it is; returns the layer and the `ve:vCenterId`.
 pub(super) fn read_layer(
     opts: &SourceOptions,
@@ -81,7 +130,7 @@ pub(super) fn read_layer(
         }
     } else if let Some(dev) = opts.live.then(|| find_ovf_cdrom(&opts.dev_dir)).flatten() {
         let loc = dev.display().to_string();
-        match read_ovf_env_cdrom(&dev) {
+        match read_cdrom_once(&dev, &opts.sys_dir, read_ovf_env_cdrom) {
             Ok(b) => (b, loc),
             Err(e) => {
                 errors.push(SourceError::new("ovf-env", &loc, &e));
@@ -105,13 +154,38 @@ pub(super) fn read_layer(
     let Some(bytes) = bytes else {
         return (Vec::new(), None);
     };
-    let env = match ovf::env::Environment::from_bytes(&bytes) {
-        Ok(e) => e,
+    let (layer, vcenter) = match env_layer(&bytes) {
+        Ok(v) => v,
         Err(e) => {
             errors.push(SourceError::new("ovf-env", &location, &e));
             return (Vec::new(), None);
         }
     };
+    reports.push(SourceReport {
+        name: "ovf-env".into(),
+        location,
+        values: layer.iter().filter(|(_, v)| !v.value.trim().is_empty()).count(),
+    });
+    (layer, vcenter)
+}
+
+/// The environments this process parsed, by their bytes: their layer and `ve:vCenterId` (a few:
+/// a node sees one environment, maybe a second after a change).
+type Parsed = std::collections::BTreeMap<Vec<u8>, (Layer, Option<String>)>;
+
+static PARSED: Mutex<Parsed> = Mutex::new(std::collections::BTreeMap::new());
+
+/// How many parsed environments are kept.
+const PARSED_KEPT: usize = 4;
+
+/// The layer and the `ve:vCenterId` of an environment; bytes parsed before are not parsed again
+/// (a clone reads its parent's environment). Errors are not kept.
+fn env_layer(bytes: &[u8]) -> Result<(Layer, Option<String>), ovf::env::EnvError> {
+    let kept = PARSED.lock().ok().and_then(|m| m.get(bytes).cloned());
+    if let Some(k) = kept {
+        return Ok(k);
+    }
+    let env = ovf::env::Environment::from_bytes(bytes)?;
     let mut layer: Layer = Vec::new();
     for p in &env.properties {
         let Some(path) = p.key.strip_prefix(schema::KEY_PREFIX) else {
@@ -133,13 +207,14 @@ pub(super) fn read_layer(
             ));
         }
     }
-    reports.push(SourceReport {
-        name: "ovf-env".into(),
-        location,
-        values: layer.iter().filter(|(_, v)| !v.value.trim().is_empty()).count(),
-    });
     let vcenter = env.vcenter_id.filter(|v| !v.is_empty());
-    (layer, vcenter)
+    if let Ok(mut m) = PARSED.lock() {
+        if m.len() >= PARSED_KEPT {
+            m.clear();
+        }
+        m.insert(bytes.to_vec(), (layer.clone(), vcenter.clone()));
+    }
+    Ok((layer, vcenter))
 }
 
 fn read_limited(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
@@ -149,4 +224,78 @@ fn read_limited(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     // One byte past the limit so the parser reports "too large".
     f.take(ovf::env::MAX_ENV_SIZE as u64 + 1).read_to_end(&mut buf)?;
     Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_medium_is_read_once_and_a_changed_one_again() {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("dev");
+        std::fs::create_dir_all(dev.join("disk/by-label")).unwrap();
+        std::fs::write(dev.join("sr7"), b"iso").unwrap();
+        std::os::unix::fs::symlink(dev.join("sr7"), dev.join("disk/by-label/OVF\\x20ENV")).unwrap();
+        let link = dev.join("disk/by-label/OVF\\x20ENV");
+        let sys = t.path().join("sys");
+        let reads = std::cell::Cell::new(0);
+        let read = |body: &'static [u8]| {
+            let reads = &reads;
+            move |_: &Path| -> Result<Option<Vec<u8>>, iso9660::IsoError> {
+                reads.set(reads.get() + 1);
+                Ok(Some(body.to_vec()))
+            }
+        };
+        // no sequence number (an old kernel): the drive is read every time
+        assert_eq!(read_cdrom_once(&link, &sys, read(b"a")).unwrap().unwrap(), b"a");
+        assert_eq!(read_cdrom_once(&link, &sys, read(b"a")).unwrap().unwrap(), b"a");
+        assert_eq!(reads.get(), 2);
+        // the kernel's sequence number, found through the by-label link
+        std::fs::create_dir_all(sys.join("class/block/sr7")).unwrap();
+        std::fs::write(sys.join("class/block/sr7/diskseq"), "9\n").unwrap();
+        assert_eq!(media_seq(&sys, &link), Some(9));
+        assert_eq!(read_cdrom_once(&link, &sys, read(b"b")).unwrap().unwrap(), b"b");
+        assert_eq!(read_cdrom_once(&link, &sys, read(b"c")).unwrap().unwrap(), b"b", "same medium");
+        assert_eq!(reads.get(), 3);
+        // a media change: read again
+        std::fs::write(sys.join("class/block/sr7/diskseq"), "10\n").unwrap();
+        assert_eq!(read_cdrom_once(&link, &sys, read(b"d")).unwrap().unwrap(), b"d");
+        assert_eq!(reads.get(), 4);
+        // an error is not remembered
+        std::fs::write(sys.join("class/block/sr7/diskseq"), "11\n").unwrap();
+        let failing = |_: &Path| Err(iso9660::IsoError::NotIso);
+        assert!(read_cdrom_once(&link, &sys, failing).is_err());
+        assert_eq!(read_cdrom_once(&link, &sys, read(b"e")).unwrap().unwrap(), b"e");
+        // hostile sequence files are no sequence number
+        for bad in ["", "x", "-1", "99999999999999999999999"] {
+            std::fs::write(sys.join("class/block/sr7/diskseq"), bad).unwrap();
+            assert_eq!(media_seq(&sys, &link), None, "{bad:?}");
+        }
+    }
+
+    const ENV: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">
+  <PropertySection>
+    <Property oe:key="capstan.hostname" oe:value="env-node"/>
+    <Property oe:key="other.key" oe:value="x"/>
+  </PropertySection>
+</Environment>
+"#;
+
+    #[test]
+    fn the_same_environment_is_not_parsed_again() {
+        let (layer, _) = env_layer(ENV.as_bytes()).unwrap();
+        assert_eq!(layer.len(), 1, "{layer:?}");
+        assert_eq!(layer[0].0, "hostname");
+        // the kept layer answers for the same bytes (planted, to tell), never for others
+        let planted = vec![("hostname".to_owned(), fv("planted", Source::OvfEnv, "k"))];
+        PARSED.lock().unwrap().insert(ENV.as_bytes().to_vec(), (planted.clone(), None));
+        assert_eq!(env_layer(ENV.as_bytes()).unwrap().0, planted);
+        let other = ENV.replace("env-node", "env-two");
+        assert_eq!(env_layer(other.as_bytes()).unwrap().0[0].1.value, "env-two");
+        // a broken environment is refused every time
+        assert!(env_layer(b"<Environment").is_err());
+        assert!(env_layer(b"<Environment").is_err());
+    }
 }

@@ -41,21 +41,25 @@ impl Provider for Vmware<'_> {
     fn read(&self, opts: &SourceOptions) -> Found {
         let mut found = Found::default();
         // 2. the OVF environment
-        let (ovf_layer, vcenter_id) =
-            ovfenv::read_layer(opts, self.gi, &mut found.errors, &mut found.reports);
+        let mut phases = Vec::new();
+        let (ovf_layer, vcenter_id) = super::timed(&mut phases, "ovf-env", || {
+            ovfenv::read_layer(opts, self.gi, &mut found.errors, &mut found.reports)
+        });
         found.layers.push(ovf_layer);
         found.fallback_instance_id = vcenter_id
             .map(|id| (id, Origin { source: Source::OvfEnv, key: "ve:vCenterId".into() }));
         let Some(g) = self.gi else {
             found.layers.extend([Vec::new(), Vec::new()]);
+            found.phases = phases;
             return found;
         };
         // 3. cloud-init metadata / userdata / vendordata
-        let meta = read_cloud_init(g, &mut found);
+        let meta = super::timed(&mut phases, "cloud-init", || read_cloud_init(g, &mut found));
         found.layers.push(meta);
         // 4. direct guestinfo.capstan.* keys
-        let direct = read_direct(g, &mut found);
+        let direct = super::timed(&mut phases, "direct", || read_direct(g, &mut found));
         found.layers.push(direct);
+        found.phases = phases;
         found
     }
 

@@ -433,6 +433,10 @@ fn read_log(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
 
+/// How often a resumed child's console is read for its line: the resolution of the measured
+/// resume -> re-identified time.
+const LINE_POLL: Duration = Duration::from_millis(2);
+
 /// A child QEMU, started paused on the parent's saved state.
 struct Child<'a> {
     vm: &'a VmPlan,
@@ -524,8 +528,9 @@ impl Child<'_> {
                     tail(&log, 40)
                 );
             }
-            // Fine-grained: this poll is the resolution of the measured time.
-            std::thread::sleep(Duration::from_millis(10));
+            // Fine-grained: this poll is the resolution of the measured time (a child's log is
+            // small: only what it printed since its resume).
+            std::thread::sleep(LINE_POLL);
         };
         let status = mark.body.clone().unwrap_or(Value::Null);
         let after = if has_pending(&status) { self.wait_after(resumed, timeout) } else { None };
