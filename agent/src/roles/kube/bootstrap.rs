@@ -24,9 +24,9 @@ use std::process::{Command as Proc, Stdio};
 use std::time::Instant;
 
 use super::kubeadm::{self, KubeadmConfig, NodeFacts};
-use super::{cni, podnet};
 use super::preflight::{self, Target};
 use super::settings::{Action, KubeSettings};
+use super::{cni, podnet};
 use crate::root::FileOpts;
 use crate::steps::{
     Command, Ctx, Flush, Mode, Outcome, Step, StepError, StepId, StepRecord, StepStatus,

@@ -168,7 +168,10 @@ mod tests {
         assert_eq!((status.as_str(), reason.as_str()), ("False", "KubeletNotReady"));
         assert!(message.contains("cni config uninitialized"));
         assert!(!n.is_ready());
-        let ready = NODE.replace(r#""status":"False","reason":"KubeletNotReady""#, r#""status":"True","reason":"KubeletReady""#);
+        let ready = NODE.replace(
+            r#""status":"False","reason":"KubeletNotReady""#,
+            r#""status":"True","reason":"KubeletReady""#,
+        );
         assert!(parse_node(&ready).unwrap().is_ready());
         // not allocated yet, no conditions yet
         let fresh = r#"{"kind":"Node","spec":{},"status":{}}"#;
@@ -197,7 +200,10 @@ mod tests {
         assert!(parse_node(&huge).unwrap_err().contains("bytes"));
         // a condition without fields reads as empty strings, not a panic
         let odd = r#"{"kind":"Node","status":{"conditions":[{"type":"Ready","status":7}]}}"#;
-        assert_eq!(parse_node(odd).unwrap().ready, Some((String::new(), String::new(), String::new())));
+        assert_eq!(
+            parse_node(odd).unwrap().ready,
+            Some((String::new(), String::new(), String::new()))
+        );
     }
 
     #[test]
