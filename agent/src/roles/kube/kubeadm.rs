@@ -179,8 +179,11 @@ pub const JOIN_CONFIG_PATH: &str = "/run/kubeadm/kubeadm-join-config.yaml";
 pub const SENTINEL_PATH: &str = "/run/cluster-api/bootstrap-success.complete";
 
 /// How long kubeadm waits for the control plane to come up. kubeadm's default is 4 minutes;
-/// under emulation (TCG) the first API server start takes longer.
-const CONTROL_PLANE_TIMEOUT: &str = "10m0s";
+/// under emulation (TCG) the first API server start takes longer: in the first node VM
+/// (2 vCPUs under TCG, host load ~7) the API server registered the node 7 minutes into
+/// `kubeadm init`, but its `/healthz` was still not `ok` when 10 minutes ran out. With the
+/// pod-network and Ready waits ([`super::podnet`]) this stays inside the final stage's 30 min.
+const CONTROL_PLANE_TIMEOUT: &str = "20m0s";
 /// How long kubeadm's discovery may take. The preflight has already reached the endpoint and
 /// checked the CA pin, so kubeadm's 5-minute default would only delay a failure.
 const DISCOVERY_TIMEOUT: &str = "2m0s";

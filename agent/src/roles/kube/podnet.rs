@@ -19,9 +19,9 @@ pub const KUBECTL: &str = "/usr/bin/kubectl";
 pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 /// How long the controller-manager may take to give the node its pod CIDR (under TCG it is
 /// still starting when kubeadm init returns).
-pub const POD_CIDR_WAIT: Duration = Duration::from_secs(600);
+pub const POD_CIDR_WAIT: Duration = Duration::from_secs(240);
 /// How long the kubelet may take to report `Ready` once the conflist is there.
-pub const READY_WAIT: Duration = Duration::from_secs(600);
+pub const READY_WAIT: Duration = Duration::from_secs(240);
 /// Between two reads.
 const POLL: Duration = Duration::from_secs(5);
 /// The largest Node object read (a Node is a few KiB; images lists make it grow).
