@@ -546,7 +546,7 @@ fn init_runs_the_real_kubeadm_on_the_agents_configuration_and_resets_on_failure(
     let calls = node.calls();
     assert!(
         calls.contains(&format!(
-            "init --config {} --skip-phases=addon/coredns",
+            "init --config {} --skip-phases=preflight,addon/coredns",
             node.path("run/kubeadm/kubeadm.yaml").display()
         )),
         "{calls}"

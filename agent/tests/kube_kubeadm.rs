@@ -208,7 +208,7 @@ fn documents_carry_what_kubeadm_needs() {
     assert_eq!(docs.len(), 3);
     assert_eq!(docs[0]["nodeRegistration"]["criSocket"], "unix:///run/containerd/containerd.sock");
     assert_eq!(docs[0]["nodeRegistration"]["kubeletExtraArgs"][0]["name"], "node-labels");
-    assert_eq!(docs[0]["timeouts"]["controlPlaneComponentHealthCheck"], "10m0s");
+    assert_eq!(docs[0]["timeouts"]["controlPlaneComponentHealthCheck"], "20m0s");
     assert_eq!(docs[1]["kubernetesVersion"], "v1.31.1");
     assert_eq!(docs[1]["controlPlaneEndpoint"], "10.0.0.100:6443");
     assert_eq!(docs[2]["cgroupDriver"], "systemd");

@@ -26,6 +26,7 @@ use std::time::Instant;
 use super::kubeadm::{self, KubeadmConfig, NodeFacts};
 use super::preflight::{self, Target};
 use super::settings::{Action, KubeSettings};
+use super::{cni, podnet};
 use crate::root::FileOpts;
 use crate::steps::{
     Command, Ctx, Flush, Mode, Outcome, Step, StepError, StepId, StepRecord, StepStatus,
@@ -46,6 +47,12 @@ const MAX_CONFIG: usize = 1 << 20;
 const TAIL: usize = 600;
 /// The control-plane images come preloaded; Debian's template carries no CoreDNS to preload.
 const SKIP_PHASES: &str = "--skip-phases=addon/coredns";
+/// Without crictl, kubeadm 1.20's init (and control-plane join) preflight phase fails hard:
+/// its image-pull check needs crictl to talk to the runtime (`crictl is required for
+/// container runtime`, not an ignorable check). The agent's own preflight has checked the
+/// runtime, swap, modules and sysctls; kubeadm's phase is skipped.
+const SKIP_PHASES_NO_CRICTL: &str = "--skip-phases=preflight,addon/coredns";
+const SKIP_PREFLIGHT: &str = "--skip-phases=preflight";
 /// Where crictl would be: Debian packages no cri-tools, and kubeadm 1.20's preflight wants it
 /// (and pulls images with it).
 const CRICTL: &[&str] = &["/usr/bin/crictl", "/usr/local/bin/crictl"];
@@ -195,14 +202,15 @@ fn target_of(s: &KubeSettings) -> Target {
 
 /// The flags the carried template needs besides the config: see [`SKIP_PHASES`], [`CRICTL`].
 pub fn extra_flags(action: &Action, root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if *action == Action::Init {
-        out.push(SKIP_PHASES.to_owned());
-    }
-    if !CRICTL.iter().any(|c| root.join(c.trim_start_matches('/')).exists()) {
-        out.push(IGNORE_NO_CRICTL.to_owned());
-    }
-    out
+    let crictl = CRICTL.iter().any(|c| root.join(c.trim_start_matches('/')).exists());
+    let flag = match (action, crictl) {
+        (Action::Init, true) => SKIP_PHASES,
+        (Action::Init, false) => SKIP_PHASES_NO_CRICTL,
+        (Action::JoinControlPlane, false) => SKIP_PREFLIGHT,
+        (Action::JoinWorker, false) => IGNORE_NO_CRICTL,
+        (_, true) => return Vec::new(),
+    };
+    vec![flag.to_owned()]
 }
 
 /// The vApp path (see the module doc).
@@ -255,7 +263,41 @@ fn vapp(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     let r = w.as_ref().map(|_| format!("wrote {}", kubeadm::SENTINEL_PATH));
     record(ctx, "kubeadm/sentinel", t, &r.map_err(|e| crate::error::chain(e)));
     w.map_err(|e| StepError::wrap(format!("write {}", kubeadm::SENTINEL_PATH), e))?;
+    if ctx.live() {
+        pod_network(ctx, &podnet::node_name(facts.name.as_deref()))?;
+    }
     Ok(Outcome::Ok(format!("kubeadm {} done ({})", verb(s), cfg.api.short())))
+}
+
+/// After kubeadm (live only: it needs the node's kubelet and API server): the node's pod
+/// CIDR → the conflist (`kubeadm/pod-network`), then the kubelet's `Ready`
+/// (`kubeadm/node-ready`). See [`podnet`].
+fn pod_network(ctx: &Ctx<'_>, node: &str) -> Result<(), StepError> {
+    let k = podnet::Kubectl::for_node(ctx.root.base());
+    let t = Instant::now();
+    tracing::info!("waiting for node {node}'s spec.podCIDR");
+    let cidr = k
+        .wait_for(node, podnet::POD_CIDR_WAIT, |n| n.pod_cidr)
+        .map_err(|e| format!("node {node}: spec.podCIDR: {e}"));
+    let written = cidr.and_then(|c| {
+        let conf = cni::Conflist::for_node(c).map_err(|e| e.to_string())?;
+        ctx.root
+            .unstaged(|| {
+                ctx.root.write(cni::CONFLIST_PATH, conf.to_json().as_bytes(), FileOpts::mode(0o644))
+            })
+            .map_err(|e| format!("write {}: {}", cni::CONFLIST_PATH, crate::error::chain(&e)))?;
+        Ok(format!("node {node}: pod CIDR {c}; wrote {}", cni::CONFLIST_PATH))
+    });
+    record(ctx, "kubeadm/pod-network", t, &written);
+    written.map_err(StepError::msg)?;
+    let t = Instant::now();
+    tracing::info!("waiting for node {node} to be Ready");
+    let ready = k
+        .wait_for(node, podnet::READY_WAIT, |n| n.is_ready().then_some(()))
+        .map(|()| format!("node {node} Ready"))
+        .map_err(|e| format!("node {node}: Ready: {e}"));
+    record(ctx, "kubeadm/node-ready", t, &ready);
+    ready.map(|_| ()).map_err(StepError::msg)
 }
 
 fn verb(s: &KubeSettings) -> &'static str {
@@ -399,7 +441,7 @@ fn reset(
     let kubeadm = run_logged(ctx, s, bin, &["reset".into(), "-f".into()]);
     let mut done = vec!["kubeadm reset -f"];
     let mut errors = Vec::new();
-    for p in [super::cni::CONFLIST_PATH, cfg.path] {
+    for p in [cni::CONFLIST_PATH, cfg.path] {
         match ctx.root.unstaged(|| ctx.root.remove(p)) {
             Ok(true) => done.push(p),
             Ok(false) => {}
@@ -537,10 +579,13 @@ mod tests {
     #[test]
     fn the_template_without_crictl_gets_kubeadm_told_so() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(extra_flags(&Action::Init, d.path()), vec![SKIP_PHASES, IGNORE_NO_CRICTL]);
+        assert_eq!(extra_flags(&Action::Init, d.path()), vec![SKIP_PHASES_NO_CRICTL]);
+        assert_eq!(extra_flags(&Action::JoinControlPlane, d.path()), vec![SKIP_PREFLIGHT]);
         assert_eq!(extra_flags(&Action::JoinWorker, d.path()), vec![IGNORE_NO_CRICTL]);
         std::fs::create_dir_all(d.path().join("usr/bin")).unwrap();
         std::fs::write(d.path().join("usr/bin/crictl"), "").unwrap();
+        assert_eq!(extra_flags(&Action::Init, d.path()), vec![SKIP_PHASES]);
         assert!(extra_flags(&Action::JoinWorker, d.path()).is_empty());
+        assert!(extra_flags(&Action::JoinControlPlane, d.path()).is_empty());
     }
 }

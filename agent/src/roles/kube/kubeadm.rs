@@ -179,8 +179,11 @@ pub const JOIN_CONFIG_PATH: &str = "/run/kubeadm/kubeadm-join-config.yaml";
 pub const SENTINEL_PATH: &str = "/run/cluster-api/bootstrap-success.complete";
 
 /// How long kubeadm waits for the control plane to come up. kubeadm's default is 4 minutes;
-/// under emulation (TCG) the first API server start takes longer.
-const CONTROL_PLANE_TIMEOUT: &str = "10m0s";
+/// under emulation (TCG) the first API server start takes longer: a node VM (2 vCPUs under
+/// TCG) finished `kubeadm init` in 4 minutes unloaded, but with load in the guest its
+/// `/healthz` was still not `ok` when 10 minutes ran out (docs/kube.md). With the
+/// pod-network and Ready waits ([`super::podnet`]) this stays inside the final stage's 30 min.
+const CONTROL_PLANE_TIMEOUT: &str = "20m0s";
 /// How long kubeadm's discovery may take. The preflight has already reached the endpoint and
 /// checked the CA pin, so kubeadm's 5-minute default would only delay a failure.
 const DISCOVERY_TIMEOUT: &str = "2m0s";

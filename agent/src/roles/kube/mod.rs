@@ -10,6 +10,7 @@
 //! - [`preflight`]: endpoint, CA pin, token, clock, runtime, swap, modules, sysctls;
 //! - [`health`]: kubelet active and healthy, containerd up;
 //! - [`cni`]: the conflist; [`routes`]: the routes to the other nodes' pod CIDRs;
+//! - [`podnet`]: after kubeadm, the node's pod CIDR → the conflist, then `Ready`;
 //! - [`bootstrap`]: the first-boot steps: the vApp path's preflight → kubeadm → sentinel, and
 //!   the preflight before Cluster API's `kubeadm init|join` in `runcmd`;
 //! - [`role_impl`]: the [`crate::roles::Role`] implementations.
@@ -21,6 +22,7 @@ pub mod bootstrap;
 pub mod cni;
 pub mod health;
 pub mod kubeadm;
+pub mod podnet;
 pub mod preflight;
 pub mod role_impl;
 pub mod routes;
