@@ -61,6 +61,24 @@ fn cap_mask(line: &str, status: &str) -> u64 {
     u64::from_str_radix(v.trim(), 16).unwrap()
 }
 
+/// `capstan-agent run` on `DIR/root` with the guestinfo dir `DIR/gi`, its socket at `sock`
+/// and `--poll SECS`.
+fn spawn_run(dir: &std::path::Path, sock: &std::path::Path, poll: &str) -> Child {
+    Command::new(BIN)
+        .arg("run")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--guestinfo-dir")
+        .arg(dir.join("gi"))
+        .arg("--socket")
+        .arg(sock)
+        .args(["--poll", poll])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn run_serves_status_reruns_on_new_instance_and_drops_capabilities() {
     let t = tempfile::tempdir().unwrap();
@@ -68,19 +86,7 @@ fn run_serves_status_reruns_on_new_instance_and_drops_capabilities() {
     std::fs::create_dir_all(dir.join("root/etc")).unwrap();
     metadata(dir, "clone-a");
     let sock = dir.join("agent.sock");
-    let child = Command::new(BIN)
-        .arg("run")
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--guestinfo-dir")
-        .arg(dir.join("gi"))
-        .arg("--socket")
-        .arg(&sock)
-        .args(["--poll", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(dir, &sock, "1");
     let pid = child.id();
     let mut d = Daemon(child);
 
@@ -136,25 +142,13 @@ fn run_serves_status_reruns_on_new_instance_and_drops_capabilities() {
 
 #[test]
 fn a_frozen_parents_child_is_noticed_by_the_fast_poll() {
-    // `--poll 3600`: only the frozen parent's 100 ms poll can notice the child in time
+    // `--poll 3600`: only the frozen parent's 20 ms poll can notice the child in time
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     std::fs::create_dir_all(dir.join("root/etc")).unwrap();
     metadata(dir, "parent-p");
     let sock = dir.join("agent.sock");
-    let child = Command::new(BIN)
-        .arg("run")
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--guestinfo-dir")
-        .arg(dir.join("gi"))
-        .arg("--socket")
-        .arg(&sock)
-        .args(["--poll", "3600"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(dir, &sock, "3600");
     let mut d = Daemon(child);
     wait_for(&sock, "first boot of the parent", |v| v["firstboot"]["instance_id"] == "parent-p");
     let out = Command::new(BIN).args(["freeze", "--root"]).arg(dir.join("root")).output().unwrap();
