@@ -63,7 +63,7 @@ fn cap_mask(line: &str, status: &str) -> u64 {
 
 /// `capstan-agent run` on `DIR/root` with the guestinfo dir `DIR/gi`, its socket at `sock`
 /// and `--poll SECS`.
-fn spawn_run(dir: &std::path::Path, sock: &std::path::Path, poll: &str) -> Child {
+fn spawn_run(dir: &Path, sock: &Path, poll: &str) -> Child {
     Command::new(BIN)
         .arg("run")
         .arg("--root")

@@ -141,6 +141,18 @@ pub struct FlatValue {
 /// The merged flat values, by schema path.
 pub type Flat = BTreeMap<String, FlatValue>;
 
+/// Tests: a flat set of `KEY=VALUE` pairs from `source`, each keyed `capstan.KEY` there.
+#[cfg(test)]
+pub(crate) fn flat_from(source: Source, pairs: &[(&str, &str)]) -> Flat {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let origin = Origin { source, key: format!("capstan.{k}") };
+            ((*k).to_owned(), FlatValue { value: (*v).to_owned(), origin })
+        })
+        .collect()
+}
+
 /// A value that was refused, naming the source and key. Never carries a secret's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{origin}: {reason}")]
@@ -858,17 +870,7 @@ mod tests {
     }
 
     fn flat(kv: &[(&str, &str)]) -> Flat {
-        kv.iter()
-            .map(|(k, v)| {
-                (
-                    (*k).to_owned(),
-                    FlatValue {
-                        value: (*v).to_owned(),
-                        origin: Origin { source: Source::Defaults, key: format!("capstan.{k}") },
-                    },
-                )
-            })
-            .collect()
+        flat_from(Source::Defaults, kv)
     }
 
     #[test]

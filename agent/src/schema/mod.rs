@@ -16,6 +16,8 @@ mod toml_file;
 
 use std::fmt;
 
+#[cfg(test)]
+pub(crate) use config::flat_from;
 pub use config::{
     check_value, parse_duration, split_ssh_keys, Commands, Config, ConfigError, Dns, Flat,
     FlatValue, Heartbeat, NetworkSource, Nic, Origin, Source, User,

@@ -80,16 +80,10 @@ impl Role for KubeRole {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Config, Flat, FlatValue, Origin, Source};
+    use crate::schema::{Config, Flat, Source};
 
     fn flat(pairs: &[(&str, &str)]) -> Flat {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                let origin = Origin { source: Source::OvfEnv, key: format!("capstan.{k}") };
-                ((*k).to_owned(), FlatValue { value: (*v).to_owned(), origin })
-            })
-            .collect()
+        crate::schema::flat_from(Source::OvfEnv, pairs)
     }
 
     #[test]

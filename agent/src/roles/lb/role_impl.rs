@@ -194,16 +194,10 @@ fn checks_of(st: &lb::LbStatus) -> Vec<HealthCheck> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Config, Flat, FlatValue, Origin, Source};
+    use crate::schema::{Config, Flat, Source};
 
     fn flat(pairs: &[(&str, &str)]) -> Flat {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                let origin = Origin { source: Source::Defaults, key: format!("capstan.{k}") };
-                ((*k).to_owned(), FlatValue { value: (*v).to_owned(), origin })
-            })
-            .collect()
+        crate::schema::flat_from(Source::Defaults, pairs)
     }
 
     #[test]
