@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use self::plan::{ChildGuestinfo, VmPlan, Wiring};
 use self::qmp::Qmp;
 use self::signal::{Identity, MARK_AFTER, MARK_FROZEN, MARK_REFUSED, MARK_REIDENTIFIED};
-use super::firmware::{self, Decision, FirmwareChoice};
+use super::firmware::{self, FirmwareChoice};
 use super::{env, find_report, qemu, Accel, GuestinfoArg};
 use crate::check::{self, ImageFormat};
 use crate::exec;
@@ -210,7 +210,7 @@ fn prepare(opts: &CloneOptions, parent: &VmPlan, work: &Path) -> anyhow::Result<
     }
     let pdir = work.join(&parent.name);
     std::fs::create_dir_all(&pdir)?;
-    let fw = given_firmware(opts, work)?;
+    let fw = super::given_firmware(opts.firmware, &opts.image, work)?;
     let disk = qemu::prepare_disk(&migratable_base(&opts.image, work)?, &pdir)?;
     let firmware = match fw {
         Some(d) => d.firmware,
@@ -226,23 +226,6 @@ fn prepare(opts: &CloneOptions, parent: &VmPlan, work: &Path) -> anyhow::Result<
         a => a,
     };
     Ok(Base { parent_disk: disk.overlay, cdrom, accel, firmware })
-}
-
-/// `--firmware`, else what an OVA's descriptor asks for; `None` for a bare disk (as `lab run`).
-fn given_firmware(opts: &CloneOptions, work: &Path) -> anyhow::Result<Option<Decision>> {
-    if let FirmwareChoice::Force(firmware) = opts.firmware {
-        return Ok(Some(Decision { firmware, from: "--firmware".into() }));
-    }
-    if check::sniff(&opts.image).ok() == Some(ImageFormat::Ova) {
-        let env = env::read_ova_descriptor(&opts.image, &work.join("firmware"))?;
-        return firmware::from_descriptor(&env, &opts.image.display().to_string()).map(Some);
-    }
-    Ok(None)
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A disk QEMU can migrate with: its vmdk driver refuses live migration, so an OVA's (or a
@@ -315,17 +298,21 @@ fn boot_and_save(
             Progress::Failed(why) => bail!(
                 "the parent ({}) will not freeze: {why}; last console lines:\n{}",
                 vm.name,
-                tail(&log, 40)
+                super::tail(&log, 40)
             ),
             Progress::Booting { missing } if started.elapsed() > opts.timeout => bail!(
                 "the parent printed no {missing} within {}s; last console lines:\n{}",
                 opts.timeout.as_secs(),
-                tail(&log, 40)
+                super::tail(&log, 40)
             ),
             Progress::Booting { .. } => {}
         }
         if let Some(code) = qemu.try_exit()? {
-            bail!("the parent's QEMU exited ({code}); {}\n{}", qemu.stderr_tail(), tail(&log, 40));
+            bail!(
+                "the parent's QEMU exited ({code}); {}\n{}",
+                qemu.stderr_tail(),
+                super::tail(&log, 40)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -517,7 +504,7 @@ impl Child<'_> {
                 bail!(
                     "{name}'s QEMU exited ({code}); {}\n{}",
                     self.qemu.stderr_tail(),
-                    tail(&log, 40)
+                    super::tail(&log, 40)
                 );
             }
             if resumed.elapsed() > timeout {
@@ -525,7 +512,7 @@ impl Child<'_> {
                     "{name} printed no {MARK_REIDENTIFIED} line within {}s of resuming; last \
                      console lines:\n{}",
                     timeout.as_secs(),
-                    tail(&log, 40)
+                    super::tail(&log, 40)
                 );
             }
             // Fine-grained: this poll is the resolution of the measured time (a child's log is

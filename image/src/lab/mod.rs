@@ -280,7 +280,7 @@ struct Prepared {
 
 fn prepare(opts: &LabOptions, work: &Path) -> anyhow::Result<Prepared> {
     // Before the disk is extracted: a descriptor that asks for no valid firmware fails fast.
-    let fw = given_firmware(opts, work)?;
+    let fw = given_firmware(opts.firmware, &opts.image, work)?;
     let disk = qemu::prepare_disk(&opts.image, work)?;
     let fw = match fw {
         Some(fw) => fw,
@@ -421,20 +421,25 @@ fn wait_report(
 }
 
 /// `--firmware`, else what an OVA's descriptor asks for; `None` for a bare disk (its MBR
-/// decides, once the overlay exists).
-fn given_firmware(opts: &LabOptions, work: &Path) -> anyhow::Result<Option<Decision>> {
-    if let FirmwareChoice::Force(firmware) = opts.firmware {
+/// decides, once the overlay exists). `lab run` and `lab clone` alike.
+pub(crate) fn given_firmware(
+    choice: FirmwareChoice,
+    image: &Path,
+    work: &Path,
+) -> anyhow::Result<Option<Decision>> {
+    if let FirmwareChoice::Force(firmware) = choice {
         return Ok(Some(Decision { firmware, from: "--firmware".into() }));
     }
     // An unreadable path is not an OVA here; preparing the disk names the problem.
-    if check::sniff(&opts.image).ok() == Some(ImageFormat::Ova) {
-        let env = env::read_ova_descriptor(&opts.image, &work.join("firmware"))?;
-        return firmware::from_descriptor(&env, &opts.image.display().to_string()).map(Some);
+    if check::sniff(image).ok() == Some(ImageFormat::Ova) {
+        let env = env::read_ova_descriptor(image, &work.join("firmware"))?;
+        return firmware::from_descriptor(&env, &image.display().to_string()).map(Some);
     }
     Ok(None)
 }
 
-fn tail(text: &str, n: usize) -> String {
+/// The last `n` lines of `text`.
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
